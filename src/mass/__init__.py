@@ -1,0 +1,3 @@
+"""MASS: masked sequence-to-sequence pre-training for language generation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""Atomic checkpoints: a crash at any moment leaves the previous checkpoint intact and loadable.
+
+A checkpoint is a directory `checkpoints/step_NNNNNNNN/` holding
+  model.safetensors  the weights (never a pickle),
+  state.pt           optimizer, schedule, step, data position and RNG states (tensors and plain values
+                     only, so `torch.load(weights_only=True)` reads it),
+  config.yaml        the resolved config of the run that wrote it.
+It is written under a temporary name and renamed into place, so a directory named `step_*` is always
+complete. `best.json` names the best checkpoint so far; it is replaced atomically too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mass.errors import MassError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file via a temporary file and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    config: dict,
+    keep: int = 2,
+    is_best: bool = False,
+    files: dict[str, Path] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically, mark it best if asked, prune old ones; returns its directory.
+
+    `files` are copied in under the given names (the tokenizer, so a checkpoint is self-contained).
+    """
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:08d}."))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
+        torch.save(state, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, tmp / name)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if is_best:
+        atomic_write_text(root / "best.json", json.dumps({"checkpoint": final.name, "step": step}))
+    _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    best = best_checkpoint(root.parent)
+    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in steps[: max(len(steps) - keep, 0)]:
+        if best is None or old != best:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step_*"):  # temporaries of a crashed save
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir())
+    return steps[-1] if steps else None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    marker = checkpoint_dir(run_dir) / "best.json"
+    if not marker.is_file():
+        return None
+    path = checkpoint_dir(run_dir) / json.loads(marker.read_text())["checkpoint"]
+    return path if path.is_dir() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run directory (its best, else latest checkpoint) or a weights file."""
+    path = Path(path)
+    if path.is_file() and path.name == "model.safetensors":
+        return path.parent
+    if (path / "model.safetensors").is_file():
+        return path
+    if path.is_dir():
+        found = best_checkpoint(path) or latest_checkpoint(path)
+        if found is not None:
+            return found
+    raise MassError("no checkpoint found (expected a run directory or a checkpoint directory)", path)
+
+
+def read_checkpoint_config(ckpt: Path) -> dict:
+    path = Path(ckpt) / "config.yaml"
+    if not path.is_file():
+        raise MassError("checkpoint has no config.yaml", ckpt)
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load safetensors weights, with a one-line error when the architecture differs."""
+    path = Path(ckpt) / "model.safetensors"
+    try:
+        weights = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise MassError(f"cannot read weights: {e}", path) from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise MassError(
+            f"checkpoint is of another architecture ({'missing' if missing else 'unexpected'} {name})", path
+        )
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise MassError(
+                f"checkpoint is of another architecture: {name} has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(expected[name].shape)}",
+                path,
+            )
+    model.load_state_dict(weights)
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    path = Path(ckpt) / "state.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which one
+        raise MassError(f"cannot read training state: {e}", path) from None

@@ -1,0 +1,224 @@
+"""Typed configuration: nested dataclasses, loaded from YAML with dotted `key.sub=value` overrides.
+
+Unknown keys and wrong types are errors, so a typo never silently trains the wrong model. The resolved
+config (every field explicit) is saved with each run and each checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mass.errors import MassError
+from mass.masking import MaskConfig
+from mass.model import PRESETS, ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is batched.
+
+    Attributes:
+        dir: a directory made by `mass prepare`; empty means the embedded en-fr Bible, prepared on first use.
+        langs: languages of the run, in the order of their language ids.
+        vocab_size: size of the sentencepiece model trained for the embedded corpus.
+        max_tokens: token budget of a batch (sentences x padded length, source side).
+        max_len: longer sentences (in subwords) are left out of training.
+        min_len: shorter sentences are left out of training.
+        train_split, valid_split: split names inside the data directory.
+        valid_sentences: cap on validation sentences per language (0 = all).
+        first_n: use only the first N training pairs/sentences (0 = all), for low-resource runs.
+    """
+
+    dir: str = ""
+    langs: list[str] = field(default_factory=lambda: ["en", "fr"])
+    vocab_size: int = 8000
+    max_tokens: int = 3000
+    max_len: int = 128
+    min_len: int = 1
+    train_split: str = "train"
+    valid_split: str = "valid"
+    valid_sentences: int = 1000
+    first_n: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Adam with inverse-square-root warm-up, as in the paper (Adam 0.9/0.98, 4000 warm-up steps)."""
+
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 4000
+    clip_norm: float = 1.0
+    accum_steps: int = 1
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, logging, evaluation, checkpoints, determinism.
+
+    Attributes:
+        max_steps: optimizer updates to run (the run resumes up to this many).
+        time_budget: stop after this many minutes of training (0 = no limit); the run stays resumable.
+        log_interval, eval_interval, save_interval: in updates.
+        keep_checkpoints: how many recent checkpoints to keep besides the best.
+        patience: stop after this many evaluations without improvement (0 = never).
+        seed: seeds data order, masking, dropout and initialisation.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        threads: CPU threads for torch (0 = torch's default).
+    """
+
+    max_steps: int = 2000
+    time_budget: float = 0.0
+    log_interval: int = 10
+    eval_interval: int = 200
+    save_interval: int = 200
+    keep_checkpoints: int = 2
+    patience: int = 0
+    seed: int = 1
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    """One entry of the objective schedule (the original's --mass_steps / --bt_steps).
+
+    `mass` uses `lang`; `translate` (supervised) and `bt` (back-translation) use `src` and `tgt`. The
+    weight scales the loss.
+    """
+
+    name: str = "mass"
+    lang: str = ""
+    src: str = ""
+    tgt: str = ""
+    weight: float = 1.0
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/pretrain"
+    init_from: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objectives: list[ObjectiveConfig] = field(default_factory=list)
+
+
+def to_dict(cfg: Any) -> dict:
+    return asdict(cfg)
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Validate (and lightly coerce: int -> float) one value against a type annotation."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise MassError(f"{where} must be a mapping, not {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, where)
+            except MassError as e:
+                errors.append(str(e))
+        raise MassError(f"{where}: {value!r} matches none of {tp}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise MassError(f"{where} must be a list, not {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is not None:
+            raise MassError(f"{where} must be null")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. a language code or path that YAML read as a number
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise MassError(f"{where} must be {tp.__name__}, not {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    data = dict(data)
+    base = None
+    if cls is ModelConfig and "preset" in data:
+        preset = data.pop("preset")
+        if preset not in PRESETS:
+            raise MassError(f"{where}.preset must be one of {sorted(PRESETS)}, not {preset!r}")
+        base = PRESETS[preset]()
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MassError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
+    values = {name: _check_type(v, hints[name], f"{where}.{name}") for name, v in data.items()}
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except (ValueError, TypeError) as e:
+        raise MassError(f"{where}: {e}") from None
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply `a.b.c=value` to a nested dict; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in override:
+        raise MassError(f"override {override!r} must look like key.sub=value")
+    key, text = override.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MassError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated into a `Config`."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MassError("config file not found", path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            raise MassError(
+                f"invalid YAML: {getattr(e, 'problem', e)}", path, None if line is None else line + 1
+            ) from None
+        if not isinstance(raw, dict):
+            raise MassError("a config file must be a mapping of sections", path)
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return from_dict(Config, raw)
+    except MassError as e:
+        if path is not None and e.path is None:
+            raise MassError(e.message, path) from None
+        raise
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from mass.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

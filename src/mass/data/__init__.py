@@ -1,0 +1,1 @@
+"""Data builders and loaders: corpora, tokenizer, binarized datasets."""

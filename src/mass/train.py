@@ -1,0 +1,385 @@
+"""THE training loop. Pre-training and fine-tuning differ only in their config's objective list.
+
+One update = for every objective of the schedule, `accum_steps` micro-batches on every process; each
+objective's summed loss is divided by its token count over all of them and scaled by its weight. So one
+process with accumulation and N processes under DDP compute the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from mass import distributed
+from mass.batch import Batch
+from mass.checkpoint import (
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from mass.config import Config, ObjectiveConfig, from_dict, save_config, to_dict
+from mass.data.binarize import DataDir, load_data_dir
+from mass.data.corpus import prepare_embedded
+from mass.data.streams import BatchStream, fixed_batches, kept_examples, mass_collate, pair_collate, pair_lengths
+from mass.errors import MassError
+from mass.model import MassModel, ModelConfig
+from mass.objectives import evaluate_loss, seq2seq_loss
+
+Evaluator = Callable[[MassModel], dict[str, float]]
+
+
+@dataclass
+class Objective:
+    """One weighted entry of the schedule and the batches it trains on."""
+
+    name: str
+    weight: float
+    stream: BatchStream
+
+    def next_batch(self, model: MassModel) -> Batch:
+        return next(self.stream)
+
+
+def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
+    """The configured data directory, or the embedded corpus (prepared by rank 0 while the others wait)."""
+    if cfg.data.dir:
+        return load_data_dir(cfg.data.dir)
+    if info.is_main:
+        path = prepare_embedded(cfg.data.vocab_size)
+    distributed.barrier()
+    if not info.is_main:
+        path = prepare_embedded(cfg.data.vocab_size)
+    return load_data_dir(path)
+
+
+def default_objectives(cfg: Config) -> list[ObjectiveConfig]:
+    return cfg.objectives or [ObjectiveConfig(name="mass", lang=lang) for lang in cfg.data.langs]
+
+
+def resolve_model_config(cfg: Config, data: DataDir) -> ModelConfig:
+    """Architecture from the checkpoint we start from, else from the config; sizes from the data."""
+    if cfg.init_from:
+        ckpt = resolve_checkpoint(cfg.init_from)
+        saved = read_checkpoint_config(ckpt)
+        model_cfg = from_dict(ModelConfig, saved["model"], "checkpoint model")
+        model_cfg.dropout, model_cfg.attention_dropout = cfg.model.dropout, cfg.model.attention_dropout
+        saved_langs = saved.get("data", {}).get("langs", [])
+        spm = ckpt / "spm.model"
+        same_tokenizer = spm.is_file() and spm.read_bytes() == data.tokenizer_path.read_bytes()
+        if model_cfg.vocab_size != data.vocab_size or not same_tokenizer:
+            raise MassError(
+                f"checkpoint's vocabulary ({model_cfg.vocab_size} entries) is not the data's tokenizer "
+                f"({data.vocab_size} entries, {data.tokenizer_path}): prepare the data with "
+                f"`mass prepare --tokenizer {spm}`",
+                ckpt,
+            )
+        if saved_langs[: len(cfg.data.langs)] != cfg.data.langs:
+            raise MassError(f"checkpoint languages {saved_langs} do not match data.langs {cfg.data.langs}", ckpt)
+        return model_cfg
+    return ModelConfig(**{**to_dict(cfg.model), "vocab_size": data.vocab_size, "num_langs": len(cfg.data.langs)})
+
+
+def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) -> dict[str, int]:
+    lang_ids = {lang: i for i, lang in enumerate(cfg.data.langs)}
+    for obj in objectives:
+        for lang in (obj.lang, obj.src, obj.tgt):
+            if lang and lang not in lang_ids:
+                raise MassError(f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs}")
+            if lang and not data.has(cfg.data.train_split, lang):
+                raise MassError(f"no {cfg.data.train_split} data for language {lang!r}", data.path)
+    return lang_ids
+
+
+def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> list[Objective]:
+    objectives = default_objectives(cfg)
+    lang_ids = _check_langs(cfg, data, objectives)
+    out = []
+    for i, obj in enumerate(objectives):
+        seed = cfg.train.seed * 1000 + i
+        if obj.name == "mass":
+            array = data.array(cfg.data.train_split, obj.lang)
+            collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
+            lengths = array.lengths
+            name = f"mass_{obj.lang}"
+        elif obj.name == "translate":
+            src, tgt = data.array(cfg.data.train_split, obj.src), data.array(cfg.data.train_split, obj.tgt)
+            collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
+            lengths = pair_lengths(src, tgt)
+            name = f"{obj.src}-{obj.tgt}"
+        else:
+            raise MassError(f"unknown objective {obj.name!r} (known: mass, translate)")
+        examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
+        stream = BatchStream(lengths, examples, cfg.data.max_tokens, seed, collate, info.rank, info.world_size)
+        out.append(Objective(name=name, weight=obj.weight, stream=stream))
+    return out
+
+
+def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
+    """Fixed validation batches per objective, masked with a fixed seed (same masks at every evaluation)."""
+    objectives = default_objectives(cfg)
+    lang_ids = {lang: i for i, lang in enumerate(cfg.data.langs)}
+    split, limit, out = cfg.data.valid_split, cfg.data.valid_sentences, {}
+    for obj in objectives:
+        if obj.name == "mass" and data.has(split, obj.lang) and f"mass_{obj.lang}" not in out:
+            array = data.array(split, obj.lang)
+            examples = kept_examples(array.lengths, 1, cfg.data.max_len, limit=limit)
+            collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
+            out[f"mass_{obj.lang}"] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
+        elif obj.name in ("translate", "bt") and data.has(split, obj.src) and data.has(split, obj.tgt):
+            src, tgt = data.array(split, obj.src), data.array(split, obj.tgt)
+            lengths = pair_lengths(src, tgt)
+            examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
+            collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
+            out[f"{obj.src}-{obj.tgt}"] = fixed_batches(lengths, examples, cfg.data.max_tokens, 12345, collate)
+    return out
+
+
+def inverse_sqrt(warmup: int) -> Callable[[int], float]:
+    """Linear warm-up to the peak learning rate, then decay with 1/sqrt(step)."""
+
+    def factor(step: int) -> float:
+        step = step + 1
+        return min(step / max(warmup, 1), math.sqrt(max(warmup, 1) / step))
+
+    return factor
+
+
+def evaluate(model: MassModel, valid: dict[str, list[Batch]], device: torch.device) -> dict[str, float]:
+    """Validation perplexity per objective and overall (token-weighted)."""
+    out, total_nll, total_tokens = {}, 0.0, 0.0
+    for name, batches in valid.items():
+        stats = evaluate_loss(model, batches, device)
+        out[f"valid_ppl_{name}"] = math.exp(min(stats["nll"] / max(stats["tokens"], 1), 50))
+        total_nll += stats["nll"]
+        total_tokens += stats["tokens"]
+    if total_tokens:
+        out["valid_ppl"] = math.exp(min(total_nll / total_tokens, 50))
+    return out
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    lower_is_better = "ppl" in metric or "loss" in metric
+    return new < old if lower_is_better else new > old
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint we resume from."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "valid_ppl") -> dict[str, float]:
+    """Train until `train.max_steps` (or the time budget), resuming from the run directory if possible.
+
+    Args:
+        cfg: the full config; its resolved form is saved in the run directory.
+        evaluator: extra evaluation (e.g. BLEU) merged into the validation metrics.
+        best_metric: metric that selects the best checkpoint ("ppl"/"loss" in its name: lower is better).
+
+    Returns:
+        The last evaluation's metrics.
+    """
+    info = distributed.setup(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    run_dir = Path(cfg.run_dir)
+    data = resolve_data_dir(cfg, info)
+    cfg.model = resolve_model_config(cfg, data)
+    torch.manual_seed(cfg.train.seed + info.rank)
+
+    model = MassModel(cfg.model).to(info.device)
+    adam = torch.optim.AdamW if cfg.optim.weight_decay > 0 else torch.optim.Adam
+    optimizer = adam(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+        eps=cfg.optim.eps,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.optim.warmup_steps))
+    objectives = build_objectives(cfg, data, info)
+    valid = build_validation(cfg, data)
+
+    step, best, bad_evals = 0, None, 0
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        load_weights(model, resume)
+        state = load_state(resume)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        for obj in objectives:
+            obj.stream.load_state_dict(state["streams"][obj.name])
+        step, best, bad_evals = state["step"], state.get("best"), state.get("bad_evals", 0)
+        if info.is_main:
+            torch.set_rng_state(state["rng"])
+        else:
+            torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)
+    elif cfg.init_from:
+        load_weights(model, resolve_checkpoint(cfg.init_from))
+
+    log_path = run_dir / "metrics.jsonl"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        _trim_log(log_path, step)
+        if resume is not None:
+            print(f"resuming from {resume} at step {step}")
+    ddp = DistributedDataParallel(model) if info.enabled else model
+
+    def log(record: dict) -> None:
+        if info.is_main:
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> dict[str, float]:
+        metrics = evaluate(model, valid, info.device)
+        if evaluator is not None:
+            metrics.update(evaluator(model))
+        return metrics
+
+    def checkpoint(metrics: dict[str, float] | None) -> None:
+        nonlocal best, bad_evals
+        is_best = False
+        if metrics and best_metric in metrics:
+            is_best = _better(best_metric, metrics[best_metric], best)
+            best, bad_evals = (metrics[best_metric], 0) if is_best else (best, bad_evals + 1)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "streams": {obj.name: obj.stream.state_dict() for obj in objectives},
+            "step": step,
+            "best": best,
+            "bad_evals": bad_evals,
+            "rng": torch.get_rng_state(),  # rank 0's dropout RNG; other ranks reseed from the step
+        }
+        if info.is_main:
+            save_checkpoint(
+                run_dir,
+                step,
+                model,
+                state,
+                to_dict(cfg),
+                cfg.train.keep_checkpoints,
+                is_best,
+                files={"spm.model": data.tokenizer_path},
+            )
+        distributed.barrier()
+
+    model.train()
+    start, metrics = time.perf_counter(), {}
+    window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0}
+    window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
+    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not info.is_main, dynamic_ncols=True, desc="train")
+    stopped_early = False
+    while step < cfg.train.max_steps:
+        tick = time.perf_counter()
+        update = _update(ddp, model, objectives, cfg, optimizer, info)
+        schedule.step()
+        step += 1
+        window["time"] += time.perf_counter() - tick
+        for key in ("src", "tgt", "sents"):
+            window[key] += update[key]
+        for name, (nll, tokens) in update["objectives"].items():
+            window_loss[name][0] += nll
+            window_loss[name][1] += tokens
+        bar.update(1)
+        if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
+            losses = {f"loss_{n}": nll / max(tok, 1) for n, (nll, tok) in window_loss.items()}
+            record = {
+                "step": step,
+                **losses,
+                "loss": sum(v[0] for v in window_loss.values()) / max(sum(v[1] for v in window_loss.values()), 1),
+                "lr": schedule.get_last_lr()[0],
+                "grad_norm": update["grad_norm"],
+                "tgt_tokens_per_s": window["tgt"] / max(window["time"], 1e-9),
+                "src_tokens_per_s": window["src"] / max(window["time"], 1e-9),
+                "sentences_per_s": window["sents"] / max(window["time"], 1e-9),
+                "elapsed_s": time.perf_counter() - start,
+            }
+            log(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
+            window = dict.fromkeys(window, 0.0)
+            window_loss = {name: [0.0, 0.0] for name in window_loss}
+        over_budget = cfg.train.time_budget > 0 and time.perf_counter() - start > cfg.train.time_budget * 60
+        over_budget = distributed.all_reduce_sum([float(over_budget)], info.device)[0] > 0
+        if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
+            metrics = run_eval()
+            log({"step": step, **metrics})
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            checkpoint(metrics)
+            if cfg.train.patience and bad_evals >= cfg.train.patience:
+                stopped_early = True
+                break
+        elif step % cfg.train.save_interval == 0 and step < cfg.train.max_steps:
+            checkpoint(None)
+        if over_budget:
+            bar.write(f"time budget of {cfg.train.time_budget} min reached at step {step}")
+            break
+    bar.close()
+    if not stopped_early:
+        metrics = run_eval()
+        log({"step": step, **metrics})
+        if info.is_main:
+            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        checkpoint(metrics)
+    if info.is_main:
+        from mass.plots import plot_metrics
+
+        plot_metrics(log_path, run_dir / "curves.png")
+    distributed.teardown()
+    return metrics
+
+
+def _update(
+    ddp: torch.nn.Module,
+    model: MassModel,
+    objectives: list[Objective],
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    info: distributed.DistInfo,
+) -> dict:
+    """One optimizer update over every objective's micro-batches; returns global loss/token counts."""
+    accum = cfg.optim.accum_steps
+    micro = [[obj.next_batch(model).to(info.device) for _ in range(accum)] for obj in objectives]
+    local = [sum(b.num_target_tokens for b in batches) for batches in micro]
+    totals = distributed.all_reduce_sum([float(t) for t in local], info.device)
+    last = (len(objectives) - 1, accum - 1)
+    nll_sums, src_tokens, sentences = [0.0] * len(objectives), 0.0, 0.0
+    for i, (obj, batches) in enumerate(zip(objectives, micro, strict=True)):
+        scale = obj.weight * info.world_size / max(totals[i], 1.0)  # DDP averages over processes
+        for j, batch in enumerate(batches):
+            sync = (i, j) == last or not info.enabled
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                loss, stats = seq2seq_loss(ddp, batch, cfg.optim.label_smoothing)
+                (loss * scale).backward()
+            nll_sums[i] += stats["nll"]
+            src_tokens += float((batch.src_tokens != model.cfg.pad_id).sum())
+            sentences += batch.src_tokens.size(0)
+    clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    reduced = distributed.all_reduce_sum([*nll_sums, src_tokens, sentences], info.device)
+    return {
+        "objectives": {obj.name: (reduced[i], totals[i]) for i, obj in enumerate(objectives)},
+        "src": reduced[-2],
+        "tgt": sum(totals),
+        "sents": reduced[-1],
+        "grad_norm": grad_norm,
+    }
