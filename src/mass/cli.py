@@ -90,6 +90,127 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     train(cfg)
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from mass.config import load_config, to_dict
+    from mass.tasks import get_task, make_evaluator, task_objective
+    from mass.train import resolve_data_dir, train
+
+    task = get_task(args.task)
+    config, overrides = _split_config_args(args)
+    defaults = [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()] + [f"data.corpus={task.corpus}"]
+    if args.init_from:
+        ckpt = resolve_checkpoint(args.init_from)
+        langs = read_checkpoint_config(ckpt)["data"]["langs"]
+        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]"]
+    if args.scratch:
+        defaults.append("scratch=true")
+    cfg = load_config(config, defaults + overrides)
+    if not cfg.objectives:
+        cfg.objectives = [task_objective(task, args.src, args.tgt)]
+    obj = cfg.objectives[0]
+    from mass import distributed
+
+    data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
+    evaluator = make_evaluator(cfg, task, data, obj, args.eval_sentences)
+    best = task.best_metric if evaluator is not None or task.metric == "ppl" else "valid_ppl"
+    train(cfg, evaluator=evaluator, best_metric=best)
+
+
+def _load(args: argparse.Namespace):
+    from mass.inference import load_generator
+
+    return load_generator(args.checkpoint, args.device)
+
+
+def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
+    import dataclasses
+
+    from mass.tasks import get_task
+
+    cfg = dataclasses.replace(get_task(task_name).generate)
+    for name in ("beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, name, value)
+    return cfg
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from mass.tasks import read_source_lines
+
+    generator = _load(args)
+    generator.lang_id(args.src), generator.lang_id(args.tgt)  # unknown languages fail before reading input
+    lines = read_source_lines(Path(args.input) if args.input else None)
+    ids = generator.tokenizer.encode_batch(lines)
+    limit = generator.model.cfg.max_positions - 1
+    for number, seq in enumerate(ids, start=1):
+        if len(seq) > limit:
+            raise MassError(
+                f"line has {len(seq)} subwords, more than the model's {limit}", args.input or "<stdin>", number
+            )
+    outs = generator.generate_ids(ids, args.src, args.tgt, _generation_config(args, args.task))
+    text = []
+    for nbest in outs:
+        for hyp in nbest:
+            text.append(generator.tokenizer.decode(hyp))
+    out = "\n".join(text) + "\n"
+    if args.output:
+        from mass.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(args.output), out)
+    else:
+        sys.stdout.write(out)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    generator = _load(args)
+    generator.lang_id(args.src), generator.lang_id(args.tgt)
+    cfg = _generation_config(args)
+    print(f"{args.src} -> {args.tgt}; one sentence per line, Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            line = input(f"{args.src}> ").strip()
+        except EOFError:
+            break
+        if line:
+            print(generator.translate([line], args.src, args.tgt, cfg)[0], flush=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mass.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        task_name=args.task,
+        src=args.src,
+        tgt=args.tgt,
+        split=args.split,
+        input_path=Path(args.input) if args.input else None,
+        reference_path=Path(args.reference) if args.reference else None,
+        gen_cfg=_generation_config(args, args.task if args.task != "mass" else "mt"),
+        device=args.device,
+        limit=args.limit,
+        output=Path(args.output) if args.output else None,
+    )
+    for key, value in result["metrics"].items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {result['path']}")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run directory (its best checkpoint) or a checkpoint directory")
+    p.add_argument("--src", default="fr", help="source language")
+    p.add_argument("--tgt", default="en", help="target language")
+    p.add_argument("--beam", type=int, help="beam size (1 = greedy)")
+    p.add_argument("--length-penalty", dest="length_penalty", type=float)
+    p.add_argument("--min-len", dest="min_len", type=int)
+    p.add_argument("--max-len-a", dest="max_len_a", type=float)
+    p.add_argument("--max-len-b", dest="max_len_b", type=int)
+    p.add_argument("--no-repeat-ngram", dest="no_repeat_ngram", type=int)
+    p.add_argument("--device", default="cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mass", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +238,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="MASS pre-training (torchrun for several processes)")
     _add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="supervised fine-tuning: translation, summarization or dialogue")
+    _add_config_args(p)
+    p.add_argument("--from", dest="init_from", help="pre-trained checkpoint or run directory")
+    p.add_argument("--scratch", action="store_true", help="with --from: its architecture, not its weights")
+    p.add_argument("--task", default="mt", help="mt, summarization or dialogue")
+    p.add_argument("--src", default="fr", help="source language (mt)")
+    p.add_argument("--tgt", default="en", help="target language (mt)")
+    p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per evaluation")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("generate", help="translate/summarize a file or stdin, one sentence per line")
+    _add_generation_args(p)
+    p.add_argument("--task", default="mt", help="decoding defaults of this task")
+    p.add_argument("--input", help="input file (default: stdin)")
+    p.add_argument("--output", help="output file (default: stdout)")
+    p.add_argument("--nbest", type=int, help="hypotheses per input, best first")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("translate", help="interactive translation prompt")
+    _add_generation_args(p)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint: BLEU/chrF, ROUGE, perplexity, MASS perplexity")
+    _add_generation_args(p)
+    p.add_argument("--task", default="mt", help="mt, summarization, dialogue or mass")
+    p.add_argument("--split", default="test", help="split of the shipped corpus (default: test)")
+    p.add_argument("--input", help="source file instead of the shipped split")
+    p.add_argument("--reference", help="reference file (with --input)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
+    p.add_argument("--output", help="JSON result file (default: RUN_DIR/eval/...)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -25,9 +25,10 @@ class DataConfig:
     """Where the text comes from and how it is batched.
 
     Attributes:
-        dir: a directory made by `mass prepare`; empty means the embedded en-fr Bible, prepared on first use.
+        dir: a directory made by `mass prepare`; empty means the shipped corpus `corpus`, prepared on first use.
+        corpus: "bible" (en-fr), "debian" (summarization) or "shakespeare" (dialogue).
         langs: languages of the run, in the order of their language ids.
-        vocab_size: size of the sentencepiece model trained for the embedded corpus.
+        vocab_size: size of the sentencepiece model trained for a shipped corpus (without `init_from`).
         max_tokens: token budget of a batch (sentences x padded length, source side).
         max_len: longer sentences (in subwords) are left out of training.
         min_len: shorter sentences are left out of training.
@@ -37,6 +38,7 @@ class DataConfig:
     """
 
     dir: str = ""
+    corpus: str = "bible"
     langs: list[str] = field(default_factory=lambda: ["en", "fr"])
     vocab_size: int = 8000
     max_tokens: int = 3000
@@ -93,26 +95,54 @@ class TrainConfig:
 class ObjectiveConfig:
     """One entry of the objective schedule (the original's --mass_steps / --bt_steps).
 
-    `mass` uses `lang`; `translate` (supervised) and `bt` (back-translation) use `src` and `tgt`. The
-    weight scales the loss.
+    `mass` uses `lang`; `translate` (any supervised seq2seq task) and `bt` (back-translation) use `src`
+    and `tgt`, the languages of each side (they choose the language embeddings). The data files default
+    to the language names (`train.fr`, `train.en`); `src_data`/`tgt_data` name other sides, e.g. `src`
+    and `tgt` for summarization, where both sides are English. The weight scales the loss.
     """
 
     name: str = "mass"
     lang: str = ""
     src: str = ""
     tgt: str = ""
+    src_data: str = ""
+    tgt_data: str = ""
     weight: float = 1.0
+
+    @property
+    def src_side(self) -> str:
+        return self.src_data or self.src
+
+    @property
+    def tgt_side(self) -> str:
+        return self.tgt_data or self.tgt
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding options (fairseq's names where they exist)."""
+
+    beam: int = 5
+    length_penalty: float = 1.0
+    min_len: int = 0
+    max_len_a: float = 1.5  # at most max_len_a * source length + max_len_b tokens
+    max_len_b: int = 10
+    no_repeat_ngram: int = 0
+    nbest: int = 1
+    max_tokens: int = 6000  # source tokens per batch
 
 
 @dataclass
 class Config:
     run_dir: str = "runs/pretrain"
-    init_from: str = ""
+    init_from: str = ""  # a checkpoint or run directory to start from (architecture, tokenizer, weights)
+    scratch: bool = False  # with init_from: take its architecture and tokenizer but not its weights
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerationConfig = field(default_factory=GenerationConfig)
     objectives: list[ObjectiveConfig] = field(default_factory=list)
 
 

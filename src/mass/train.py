@@ -31,7 +31,7 @@ from mass.checkpoint import (
 )
 from mass.config import Config, ObjectiveConfig, from_dict, save_config, to_dict
 from mass.data.binarize import DataDir, load_data_dir
-from mass.data.corpus import prepare_embedded
+from mass.data.corpus import prepare_corpus
 from mass.data.streams import BatchStream, fixed_batches, kept_examples, mass_collate, pair_collate, pair_lengths
 from mass.errors import MassError
 from mass.model import MassModel, ModelConfig
@@ -53,14 +53,18 @@ class Objective:
 
 
 def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
-    """The configured data directory, or the embedded corpus (prepared by rank 0 while the others wait)."""
+    """The configured data directory, or a shipped corpus prepared by rank 0 while the others wait.
+
+    Starting from a checkpoint, the shipped corpus is tokenized with the checkpoint's own tokenizer.
+    """
     if cfg.data.dir:
         return load_data_dir(cfg.data.dir)
+    tokenizer = resolve_checkpoint(cfg.init_from) / "spm.model" if cfg.init_from else None
     if info.is_main:
-        path = prepare_embedded(cfg.data.vocab_size)
+        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size)
     distributed.barrier()
     if not info.is_main:
-        path = prepare_embedded(cfg.data.vocab_size)
+        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size)
     return load_data_dir(path)
 
 
@@ -97,8 +101,9 @@ def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) 
         for lang in (obj.lang, obj.src, obj.tgt):
             if lang and lang not in lang_ids:
                 raise MassError(f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs}")
-            if lang and not data.has(cfg.data.train_split, lang):
-                raise MassError(f"no {cfg.data.train_split} data for language {lang!r}", data.path)
+        for side in (obj.lang, obj.src_side, obj.tgt_side):
+            if side and not data.has(cfg.data.train_split, side):
+                raise MassError(f"no {cfg.data.train_split}.{side} data", data.path)
     return lang_ids
 
 
@@ -114,7 +119,7 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             lengths = array.lengths
             name = f"mass_{obj.lang}"
         elif obj.name == "translate":
-            src, tgt = data.array(cfg.data.train_split, obj.src), data.array(cfg.data.train_split, obj.tgt)
+            src, tgt = data.array(cfg.data.train_split, obj.src_side), data.array(cfg.data.train_split, obj.tgt_side)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
             lengths = pair_lengths(src, tgt)
             name = f"{obj.src}-{obj.tgt}"
@@ -137,8 +142,8 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
             examples = kept_examples(array.lengths, 1, cfg.data.max_len, limit=limit)
             collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
             out[f"mass_{obj.lang}"] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
-        elif obj.name in ("translate", "bt") and data.has(split, obj.src) and data.has(split, obj.tgt):
-            src, tgt = data.array(split, obj.src), data.array(split, obj.tgt)
+        elif obj.name in ("translate", "bt") and data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
+            src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             lengths = pair_lengths(src, tgt)
             examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
@@ -230,7 +235,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             torch.set_rng_state(state["rng"])
         else:
             torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)
-    elif cfg.init_from:
+    elif cfg.init_from and not cfg.scratch:
         load_weights(model, resolve_checkpoint(cfg.init_from))
 
     log_path = run_dir / "metrics.jsonl"

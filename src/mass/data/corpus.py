@@ -1,20 +1,29 @@
-"""The embedded corpus, prepared once per vocabulary size into a cache directory.
+"""The embedded corpora, prepared (tokenized and binarized) once into a cache directory.
 
-The package ships the en-fr Bible as compressed text; the first run trains a joint sentencepiece model
-on its training books and binarizes every split. Later runs (and every process of a torchrun job) reuse
-the prepared directory.
+The package ships three corpora as compressed text: the en-fr Bible (pre-training and MT), Debian
+package descriptions (summarization) and Shakespeare's speeches (dialogue). A run either trains a joint
+sentencepiece model on a corpus's training split (pre-training from nothing) or reuses the tokenizer of
+the checkpoint it starts from (fine-tuning); the prepared directory is keyed by that choice, so later
+runs and every process of a torchrun job reuse it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
-from mass.data.bible import export_embedded
 from mass.data.binarize import prepare_dir
 from mass.data.tokenizer import train_tokenizer
+from mass.errors import MassError
 
+# corpus name -> (what it is, splits whose sides are line-aligned)
+CORPORA = {
+    "bible": "verse-aligned en-fr Bible (WEB / Louis Segond 1910)",
+    "debian": "Debian package long description -> one-line description (summarization)",
+    "shakespeare": "consecutive speeches in Shakespeare's plays (dialogue)",
+}
 PARALLEL_SPLITS = {"train", "valid", "test"}
 
 
@@ -23,20 +32,54 @@ def cache_root() -> Path:
     return Path(os.environ.get("MASS_CACHE", Path.home() / ".cache" / "mass"))
 
 
-def prepare_embedded(vocab_size: int, pair: str = "en-fr", cache: Path | None = None) -> Path:
-    """Return a data directory for the embedded corpus, preparing it if it is not there yet."""
-    out = (cache or cache_root()) / f"bible-{pair}-spm{vocab_size}"
+def export_corpus(name: str, out_dir: Path) -> Path:
+    """Write a shipped corpus as plain text files `<split>.<side>` into `out_dir`."""
+    if name == "bible":
+        from mass.data.bible import export_embedded
+
+        return export_embedded(out_dir, "en-fr")
+    if name in ("debian", "shakespeare"):
+        from mass.data.formats import export_embedded
+
+        return export_embedded(name, out_dir)
+    raise MassError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+
+
+def _inputs(text: Path) -> dict[str, dict[str, Path]]:
+    inputs: dict[str, dict[str, Path]] = {}
+    for path in sorted(text.iterdir()):
+        split, dot, side = path.name.partition(".")
+        if dot and side not in ("json", "md") and "." not in side:
+            inputs.setdefault(split, {})[side] = path
+    return inputs
+
+
+def prepare_corpus(name: str, tokenizer: Path | None = None, vocab_size: int = 8000, cache: Path | None = None) -> Path:
+    """Return a prepared data directory for shipped corpus `name`, preparing it on first use.
+
+    Args:
+        name: "bible", "debian" or "shakespeare".
+        tokenizer: an existing sentencepiece model (a checkpoint's); None trains one on the training split.
+        vocab_size: size of the trained tokenizer (ignored with `tokenizer`).
+    """
+    if tokenizer is None:
+        key = f"spm{vocab_size}"
+    else:
+        key = "tok-" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:12]
+    out = (cache or cache_root()) / f"{name}-{key}"
     if (out / "meta.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".text-") as tmp:
-        text = export_embedded(Path(tmp) / "text", pair)
-        langs = pair.split("-")
-        spm = train_tokenizer([text / f"train.{lang}" for lang in langs], Path(tmp) / "spm", vocab_size)
-        inputs: dict[str, dict[str, Path]] = {}
-        for path in sorted(text.iterdir()):
-            split, _, lang = path.name.partition(".")
-            if lang in langs:
-                inputs.setdefault(split, {})[lang] = path
-        prepare_dir(out, spm.path, inputs, parallel_splits=PARALLEL_SPLITS & set(inputs))
+        text = export_corpus(name, Path(tmp) / "text")
+        inputs = _inputs(text)
+        if tokenizer is None:
+            train_files = list(inputs["train"].values())
+            tokenizer = train_tokenizer(train_files, Path(tmp) / "spm", vocab_size).path
+        prepare_dir(out, Path(tokenizer), inputs, parallel_splits=PARALLEL_SPLITS & set(inputs))
     return out
+
+
+def prepare_embedded(vocab_size: int = 8000) -> Path:
+    """The en-fr Bible with a tokenizer trained on it: the default data of pre-training."""
+    return prepare_corpus("bible", None, vocab_size)

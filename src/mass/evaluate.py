@@ -1,0 +1,102 @@
+"""`mass evaluate`: score a checkpoint on a held-out split or on the user's files; results as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mass.checkpoint import atomic_write_text, read_checkpoint_config, resolve_checkpoint
+from mass.config import Config, GenerationConfig, from_dict
+from mass.data.binarize import load_data_dir
+from mass.data.corpus import export_corpus, prepare_corpus
+from mass.data.streams import fixed_batches, kept_examples, mass_collate
+from mass.errors import MassError
+from mass.inference import load_generator
+from mass.objectives import evaluate_loss
+from mass.tasks import get_task, read_source_lines, score, text_perplexity
+
+
+def _shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tuple[list[str], list[str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        text = export_corpus(corpus, Path(tmp))
+        src_path, tgt_path = text / f"{split}.{src_side}", text / f"{split}.{tgt_side}"
+        for path in (src_path, tgt_path):
+            if not path.is_file():
+                raise MassError(f"the {corpus} corpus has no split {split!r} for side {path.suffix[1:]!r}")
+        return read_source_lines(src_path), read_source_lines(tgt_path)
+
+
+def mass_perplexity(ckpt: Path, lang: str, split: str, device: str) -> dict[str, float]:
+    """MASS perplexity with the checkpoint's own masking config and a fixed seed, as in training."""
+    cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
+    generator = load_generator(ckpt, device)
+    data = (
+        load_data_dir(cfg.data.dir)
+        if cfg.data.dir
+        else load_data_dir(prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
+    )
+    array = data.array(split, lang)
+    examples = kept_examples(array.lengths, 1, cfg.model.max_positions - 2)
+    collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
+    batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
+    stats = evaluate_loss(generator.model, batches, generator.device)
+    return {"mass_ppl": math.exp(min(stats["nll"] / max(stats["tokens"], 1), 50)), "sentences": float(len(examples))}
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    task_name: str,
+    src: str,
+    tgt: str,
+    split: str = "test",
+    input_path: Path | None = None,
+    reference_path: Path | None = None,
+    gen_cfg: GenerationConfig | None = None,
+    device: str = "cpu",
+    limit: int = 0,
+    output: Path | None = None,
+) -> dict:
+    """Score a checkpoint; write `{metrics, ...}` as JSON (default: RUN_DIR/eval/) and the hypotheses."""
+    ckpt = resolve_checkpoint(checkpoint)
+    run_dir = ckpt.parent.parent
+    name = f"{task_name}-{src}-{split}" if task_name == "mass" else f"{task_name}-{src}-{tgt}-{split}"
+    if input_path is not None:
+        name = f"{task_name}-{src}-{tgt}-{input_path.name}"
+    output = output or run_dir / "eval" / f"{name}.json"
+    start = time.perf_counter()
+    result: dict = {"checkpoint": str(ckpt), "task": task_name, "split": split}
+    if task_name == "mass":
+        result["metrics"] = mass_perplexity(ckpt, src, split, device)
+    else:
+        task = get_task(task_name)
+        gen_cfg = gen_cfg or task.generate
+        generator = load_generator(ckpt, device)
+        if input_path is not None:
+            if reference_path is None:
+                raise MassError("--reference is required with --input")
+            sources, refs = read_source_lines(input_path), read_source_lines(reference_path)
+            if len(sources) != len(refs):
+                raise MassError(f"{len(sources)} sources but {len(refs)} references in {reference_path}", input_path)
+        else:
+            sources, refs = _shipped_pairs(task.corpus, split, task.src_data or src, task.tgt_data or tgt)
+        if limit > 0:
+            sources, refs = sources[:limit], refs[:limit]
+        with torch.no_grad():
+            metrics = {"ppl": text_perplexity(generator, sources, refs, src, tgt)}
+            hyps = []
+            if task.metric != "ppl":
+                hyps = generator.translate(sources, src, tgt, gen_cfg)
+                metrics.update(score(task, hyps, refs))
+        metrics["sentences"] = len(sources)
+        result.update(metrics=metrics, src=src, tgt=tgt, generation=gen_cfg.__dict__)
+        if hyps:
+            atomic_write_text(output.with_suffix(".hyp.txt"), "\n".join(hyps) + "\n")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_text(output, json.dumps(result, indent=2) + "\n")
+    result["path"] = str(output)
+    return result

@@ -1,0 +1,147 @@
+"""From text to text with a trained model: the model side of `mass.generate`'s `decode_step` interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mass.batch import pad_sequences
+from mass.checkpoint import load_weights, read_checkpoint_config, resolve_checkpoint
+from mass.config import GenerationConfig, from_dict
+from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mass.errors import MassError
+from mass.generate import DecodeStep, beam_search, greedy_search
+from mass.model import MassModel, ModelConfig, reorder_cache
+
+
+def make_decode_step(model: MassModel, memory: Tensor, memory_mask: Tensor, tgt_lang: Tensor) -> DecodeStep:
+    """A `decode_step` over a KV cache: encoder output is computed once, each call decodes one position.
+
+    Args:
+        memory: (N, S, D) encoder states, one row per initial search row.
+        memory_mask: (N, S) bool.
+        tgt_lang: (N,) target language ids.
+    """
+    state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(), "step": 0}
+
+    def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
+        if parents is not None:
+            state["cache"] = reorder_cache(state["cache"], parents)
+            for key in ("memory", "mask", "lang"):
+                state[key] = state[key].index_select(0, parents)
+        positions = torch.full_like(tokens, state["step"])[:, None]
+        hidden = model.decode(tokens[:, None], positions, state["lang"], state["memory"], state["mask"], state["cache"])
+        state["step"] += 1
+        return torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
+
+    return decode_step
+
+
+@dataclass
+class Generator:
+    """A model, its tokenizer and its languages, ready to turn sentences into sentences."""
+
+    model: MassModel
+    tokenizer: Tokenizer
+    langs: list[str]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def lang_id(self, lang: str) -> int:
+        if lang not in self.langs:
+            raise MassError(f"language {lang!r} is not in the model (its languages: {', '.join(self.langs)})")
+        return self.langs.index(lang)
+
+    @torch.no_grad()
+    def generate_ids(
+        self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig
+    ) -> list[list[list[int]]]:
+        """Token ids in, n-best token ids out (in input order), batched by similar length."""
+        was_training = self.model.training
+        self.model.eval()
+        src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
+        max_src = self.model.cfg.max_positions - 1
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        results: list[list[list[int]]] = [[] for _ in sources]
+        try:
+            for chunk in _length_batches(order, [min(len(s), max_src) + 1 for s in sources], cfg.max_tokens):
+                seqs = [sources[i][:max_src] for i in chunk]
+                for i, out in zip(chunk, self._search(seqs, src_id, tgt_id, cfg), strict=True):
+                    results[i] = out
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _search(self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig) -> list[list[list[int]]]:
+        src = pad_sequences([s + [EOS_ID] for s in seqs]).to(self.device)
+        batch = src.size(0)
+        lang = torch.full((batch,), src_id, dtype=torch.long, device=self.device)
+        memory = self.model.encode(src, lang)
+        mask = src != PAD_ID
+        limit = self.model.cfg.max_positions - 1
+        max_len = [min(int(cfg.max_len_a * len(s) + cfg.max_len_b), limit) for s in seqs]
+        beam = max(cfg.beam, 1)
+        if beam == 1:
+            step = make_decode_step(self.model, memory, mask, torch.full_like(lang, tgt_id))
+            outs = greedy_search(
+                step,
+                batch,
+                device=self.device,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                max_len=max_len,
+                min_len=cfg.min_len,
+                no_repeat_ngram=cfg.no_repeat_ngram,
+            )
+            return [[o] for o in outs]
+        rows = torch.arange(batch, device=self.device).repeat_interleave(beam)
+        step = make_decode_step(
+            self.model, memory.index_select(0, rows), mask.index_select(0, rows), torch.full_like(rows, tgt_id)
+        )
+        hyps = beam_search(
+            step,
+            batch,
+            device=self.device,
+            beam_size=beam,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            max_len=max_len,
+            min_len=cfg.min_len,
+            length_penalty=cfg.length_penalty,
+            no_repeat_ngram=cfg.no_repeat_ngram,
+            nbest=cfg.nbest,
+        )
+        return [[h.tokens for h in sentence] for sentence in hyps]
+
+    def translate(self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig) -> list[str]:
+        """Detokenized best output per sentence."""
+        ids = self.tokenizer.encode_batch(sentences)
+        return [self.tokenizer.decode(out[0]) for out in self.generate_ids(ids, src_lang, tgt_lang, cfg)]
+
+
+def _length_batches(order: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of the length-sorted `order` whose padded size stays within `max_tokens`."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
+    """A checkpoint (or run directory) with the tokenizer saved beside it."""
+    ckpt = resolve_checkpoint(path)
+    saved = read_checkpoint_config(ckpt)
+    model_cfg = from_dict(ModelConfig, saved["model"], "checkpoint model")
+    model = MassModel(model_cfg)
+    load_weights(model, ckpt)
+    spm = ckpt / "spm.model"
+    if not spm.is_file():
+        raise MassError("checkpoint has no spm.model beside its weights", ckpt)
+    device = torch.device(device)
+    model.to(device).eval()
+    return Generator(model, Tokenizer(spm), list(saved["data"]["langs"]), device)

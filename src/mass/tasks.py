@@ -1,0 +1,141 @@
+"""Fine-tuning tasks: which shipped corpus, which sides, which metric. Plain data, no registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mass.batch import seq2seq_batch
+from mass.config import Config, GenerationConfig, ObjectiveConfig
+from mass.data.binarize import DataDir
+from mass.errors import MassError
+from mass.inference import Generator
+from mass.metrics import bleu, chrf, perplexity, rouge
+from mass.model import MassModel
+from mass.objectives import evaluate_loss
+
+
+@dataclass(frozen=True)
+class Task:
+    """A sequence-to-sequence task on a shipped corpus.
+
+    Attributes:
+        corpus: the shipped corpus (see `mass.data.corpus.CORPORA`).
+        metric: "bleu", "rouge" or "ppl": what validation and `mass evaluate` report.
+        best_metric: the metric that selects the best checkpoint.
+        src_data, tgt_data: data side names; empty means the language names (translation).
+        generate: decoding defaults for the task.
+    """
+
+    corpus: str
+    metric: str
+    best_metric: str
+    src_data: str = ""
+    tgt_data: str = ""
+    generate: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+TASKS = {
+    "mt": Task(corpus="bible", metric="bleu", best_metric="bleu"),
+    # As the original's Gigaword setting: beam 5, no repeated trigram, length penalty 1.
+    "summarization": Task(
+        corpus="debian",
+        metric="rouge",
+        best_metric="rougeL",
+        src_data="src",
+        tgt_data="tgt",
+        generate=GenerationConfig(beam=5, no_repeat_ngram=3, max_len_a=0.0, max_len_b=40),
+    ),
+    "dialogue": Task(corpus="shakespeare", metric="ppl", best_metric="valid_ppl", src_data="src", tgt_data="tgt"),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise MassError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+def task_objective(task: Task, src: str, tgt: str) -> ObjectiveConfig:
+    return ObjectiveConfig(name="translate", src=src, tgt=tgt, src_data=task.src_data, tgt_data=task.tgt_data)
+
+
+def score(task: Task, hyps: list[str], refs: list[str]) -> dict:
+    """The task's generation metrics on detokenized text."""
+    if task.metric == "bleu":
+        b, c = bleu(hyps, refs), chrf(hyps, refs)
+        return {
+            "bleu": b["bleu"],
+            "chrf": c["chrf"],
+            "bleu_signature": b["signature"],
+            "chrf_signature": c["signature"],
+        }
+    if task.metric == "rouge":
+        return rouge(hyps, refs)
+    return {}
+
+
+@torch.no_grad()
+def text_perplexity(generator: Generator, sources: list[str], targets: list[str], src: str, tgt: str) -> float:
+    """Teacher-forced perplexity of the targets given the sources (dialogue's metric, reported for all)."""
+    tok, model = generator.tokenizer, generator.model
+    limit = model.cfg.max_positions - 1
+    pairs = [(s[:limit], t[:limit]) for s, t in zip(tok.encode_batch(sources), tok.encode_batch(targets), strict=True)]
+    pairs.sort(key=lambda p: max(len(p[0]), len(p[1])))
+    batches = [
+        seq2seq_batch([p[0] for p in chunk], [p[1] for p in chunk], generator.lang_id(src), generator.lang_id(tgt))
+        for chunk in (pairs[i : i + 64] for i in range(0, len(pairs), 64))
+    ]
+    stats = evaluate_loss(model, batches, generator.device)
+    return perplexity(stats["nll"], int(stats["tokens"]))
+
+
+def make_evaluator(cfg: Config, task: Task, data: DataDir, obj: ObjectiveConfig, sentences: int):
+    """Validation generation metric during fine-tuning: decode the first `sentences` validation sources."""
+    if task.metric == "ppl" or sentences <= 0:
+        return None
+    split = cfg.data.valid_split
+    if not (data.has(split, obj.src_side) and data.has(split, obj.tgt_side)):
+        return None
+    src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
+    n = min(sentences, len(src))
+    tokenizer = data.tokenizer()
+    sources = [src[i].tolist() for i in range(n)]
+    refs = [tokenizer.decode(tgt[i].tolist()) for i in range(n)]
+    gen_cfg = cfg.generate
+
+    def evaluator(model: MassModel) -> dict[str, float]:
+        device = next(model.parameters()).device
+        generator = Generator(model, tokenizer, cfg.data.langs, device)
+        with torch.no_grad():
+            outs = generator.generate_ids(sources, obj.src, obj.tgt, gen_cfg)
+        hyps = [tokenizer.decode(o[0]) for o in outs]
+        return {k: v for k, v in score(task, hyps, refs).items() if isinstance(v, float)}
+
+    return evaluator
+
+
+def read_source_lines(path: Path | None, max_chars: int = 10_000) -> list[str]:
+    """Lines of a UTF-8 file (or stdin when `path` is None), with a one-line error for bad lines."""
+    import sys
+
+    if path is not None and not Path(path).is_file():
+        raise MassError("input file not found", path)
+    raw = Path(path).read_bytes().splitlines() if path is not None else sys.stdin.buffer.read().splitlines()
+    name = str(path) if path is not None else "<stdin>"
+    lines = []
+    for number, line in enumerate(raw, start=1):
+        try:
+            text = line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise MassError("invalid UTF-8", name, number) from None
+        if not text:
+            raise MassError("empty line (one sentence per line is expected)", name, number)
+        if len(text) > max_chars:
+            raise MassError(f"line has {len(text)} characters, more than {max_chars}", name, number)
+        lines.append(text)
+    if not lines:
+        raise MassError("input is empty", name)
+    return lines
