@@ -112,9 +112,37 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from mass import distributed
 
     data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
-    evaluator = make_evaluator(cfg, task, data, obj, args.eval_sentences)
+    evaluator = make_evaluator(cfg, task, data, [obj], args.eval_sentences)
     best = task.best_metric if evaluator is not None or task.metric == "ppl" else "valid_ppl"
     train(cfg, evaluator=evaluator, best_metric=best)
+
+
+def cmd_unsup(args: argparse.Namespace) -> None:
+    from mass import distributed
+    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from mass.config import ObjectiveConfig, load_config
+    from mass.tasks import get_task, make_evaluator
+    from mass.train import resolve_data_dir, train
+
+    config, overrides = _split_config_args(args)
+    defaults = ["data.train_split=unsup", "generate.beam=1"]
+    if args.init_from:
+        ckpt = resolve_checkpoint(args.init_from)
+        langs = read_checkpoint_config(ckpt)["data"]["langs"]
+        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]"]
+    cfg = load_config(config, defaults + overrides)
+    first, second = cfg.data.langs[:2]
+    if not cfg.objectives:
+        mass_steps = [] if args.no_mass else [ObjectiveConfig(name="mass", lang=lang) for lang in (first, second)]
+        bt_steps = [
+            ObjectiveConfig(name="bt", src=first, tgt=second),
+            ObjectiveConfig(name="bt", src=second, tgt=first),
+        ]
+        cfg.objectives = mass_steps + bt_steps
+    data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
+    directions = [ObjectiveConfig(name="translate", src=a, tgt=b) for a, b in ((first, second), (second, first))]
+    evaluator = make_evaluator(cfg, get_task("mt"), data, directions, args.eval_sentences)
+    train(cfg, evaluator=evaluator, best_metric="bleu" if evaluator else "valid_ppl")
 
 
 def _load(args: argparse.Namespace):
@@ -198,6 +226,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {result['path']}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from mass.demo import run_demo
+
+    print(run_demo(Path(args.run_dir), args.minutes, args.pairs, args.test_sentences))
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory (its best checkpoint) or a checkpoint directory")
     p.add_argument("--src", default="fr", help="source language")
@@ -248,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tgt", default="en", help="target language (mt)")
     p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per evaluation")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("unsup", help="unsupervised MT: MASS steps and on-the-fly back-translation")
+    _add_config_args(p)
+    p.add_argument("--from", dest="init_from", help="a MASS pre-trained checkpoint or run directory to start from")
+    p.add_argument("--no-mass", action="store_true", help="back-translation steps only (the baseline)")
+    p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per direction")
+    p.set_defaults(func=cmd_unsup)
+
+    p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
+    p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")
+    p.add_argument("--run-dir", default="runs/demo", help="where everything goes")
+    p.add_argument("--pairs", type=int, default=10_000, help="fine-tuning pairs (low-resource setting)")
+    p.add_argument("--test-sentences", type=int, default=400, help="test verses translated and scored")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("generate", help="translate/summarize a file or stdin, one sentence per line")
     _add_generation_args(p)

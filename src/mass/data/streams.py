@@ -115,6 +115,15 @@ def mass_collate(array: TokenArray, lang_id: int, cfg: MaskConfig, vocab_size: i
     return collate
 
 
+def sentence_collate(array: TokenArray) -> Callable[[np.ndarray, torch.Generator], list[list[int]]]:
+    """Monolingual sentences as token lists: back-translation builds its batch with the model."""
+
+    def collate(ids: np.ndarray, generator: torch.Generator) -> list[list[int]]:
+        return [array[int(i)].tolist() for i in ids]
+
+    return collate
+
+
 def pair_collate(src: TokenArray, tgt: TokenArray, src_lang: int, tgt_lang: int) -> Collate:
     """Aligned sentence pairs -> ordinary translation batches."""
 

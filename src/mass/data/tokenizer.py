@@ -151,9 +151,7 @@ def train_tokenizer(
     return Tokenizer(model_path)
 
 
-def _run_trainer(
-    sentences: list[str], vocab_size: int, character_coverage: float, byte_fallback: bool
-) -> bytes:
+def _run_trainer(sentences: list[str], vocab_size: int, character_coverage: float, byte_fallback: bool) -> bytes:
     """The serialized model, kept in memory so that no temporary path ends up inside it."""
     writer = io.BytesIO()
     try:
@@ -226,8 +224,6 @@ def _iter_lines(files: list[Path]) -> Iterator[str]:
                 try:
                     line = raw.decode("utf-8").rstrip("\n").rstrip("\r")
                 except UnicodeDecodeError as exc:
-                    raise MassError(
-                        f"invalid UTF-8 ({exc.reason} at byte {exc.start})", path, lineno
-                    ) from exc
+                    raise MassError(f"invalid UTF-8 ({exc.reason} at byte {exc.start})", path, lineno) from exc
                 if line.strip():
                     yield line

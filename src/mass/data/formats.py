@@ -1,0 +1,267 @@
+"""Loaders for the paper's external data formats, and helpers shared by the pair-corpus builders.
+
+The paper fine-tunes on Gigaword (headline generation) and Cornell Movie-Dialogs, which users must
+bring themselves; this module reads their usual distribution formats into ``(source, target)`` pairs
+and writes aligned line files. It also holds the atomic corpus-directory writer and the accessors of
+the corpora shipped under ``mass/resources/<name>/`` (Debian summaries, Shakespeare dialogue).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import lzma
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from importlib.resources import files
+from pathlib import Path
+
+from mass.errors import MassError
+
+CORNELL_SEP = " +++$+++ "
+CORNELL_ENCODING = "iso-8859-1"
+PAIR_SPLITS = ("train", "valid", "test")
+PAIR_SIDES = ("src", "tgt")
+
+# --- Gigaword-style aligned line files -------------------------------------------------------------
+
+
+def _count_lines(path: Path) -> int:
+    n = 0
+    last = b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")  # a last line without its newline still counts
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MassError(f"invalid UTF-8 at byte {exc.start} of the line", path=path, line=lineno) from exc
+    text = text.rstrip("\r\n").strip()
+    if not text:
+        raise MassError("empty line (every line must hold one example)", path=path, line=lineno)
+    return text
+
+
+def read_line_pairs(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:
+    """Yield ``(source, target)`` from two aligned files, one example per line (Gigaword layout).
+
+    Why: aligned line files are how Gigaword (``train.article.txt``/``train.title.txt``) and most
+    seq2seq corpora are distributed. Both files are counted first, so a length mismatch is reported
+    (with both counts) before any pair is yielded. Lines are stripped; an empty line or invalid UTF-8
+    raises ``MassError`` with the file and line number.
+
+    Gigaword's placeholders are kept verbatim as text: ``UNK`` (out-of-vocabulary words in the
+    Rush et al. release), ``<unk>``, and ``#`` standing for every digit (``## million``). The
+    tokenizer sees them as ordinary tokens; evaluation against the released references then scores
+    them like any other word, which is how the published ROUGE numbers were computed.
+    """
+    src_path, tgt_path = Path(src_path).expanduser(), Path(tgt_path).expanduser()
+    for path in (src_path, tgt_path):
+        if not path.is_file():
+            raise MassError("file not found", path=path)
+    n_src, n_tgt = _count_lines(src_path), _count_lines(tgt_path)
+    if n_src != n_tgt:
+        raise MassError(
+            f"line counts differ: {src_path} has {n_src} lines, {tgt_path} has {n_tgt}; "
+            "the files must be aligned line by line"
+        )
+    with open(src_path, "rb") as fs, open(tgt_path, "rb") as ft:
+        for lineno, (a, b) in enumerate(zip(fs, ft, strict=True), start=1):
+            yield _decode(a, src_path, lineno), _decode(b, tgt_path, lineno)
+
+
+# --- Cornell Movie-Dialogs -------------------------------------------------------------------------
+
+
+def _clean_utterance(text: str) -> str:
+    return " ".join(text.split())
+
+
+def read_cornell(movie_lines: Path, movie_conversations: Path) -> Iterator[tuple[str, str]]:
+    """Yield ``(context, response)`` for each pair of consecutive utterances in each conversation.
+
+    Reads the original release (``movie_lines.txt``, ``movie_conversations.txt``; ISO-8859-1, fields
+    separated by `` +++$+++ ``). Why consecutive pairs: that is the single-turn setting of the paper's
+    dialogue experiment. Whitespace is collapsed; a pair where either utterance is empty (the release
+    has a few empty lines) is skipped; a malformed line or an unknown line id raises ``MassError``
+    naming the file and line.
+    """
+    movie_lines, movie_conversations = Path(movie_lines).expanduser(), Path(movie_conversations).expanduser()
+    for path in (movie_lines, movie_conversations):
+        if not path.is_file():
+            raise MassError("file not found", path=path)
+    utterances: dict[str, str] = {}
+    with open(movie_lines, encoding=CORNELL_ENCODING, newline="") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split(CORNELL_SEP, 4)
+            if len(fields) < 4 or not fields[0].strip():
+                raise MassError(
+                    "malformed movie_lines line: expected 'LINEID +++$+++ USER +++$+++ MOVIE "
+                    "+++$+++ NAME +++$+++ TEXT'",
+                    path=movie_lines,
+                    line=lineno,
+                )
+            # Utterances that are empty in the release end with "+++$+++" and nothing after it.
+            utterances[fields[0].strip()] = _clean_utterance(fields[4]) if len(fields) == 5 else ""
+    with open(movie_conversations, encoding=CORNELL_ENCODING, newline="") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split(CORNELL_SEP)
+            ids = None
+            if len(fields) == 4:
+                try:
+                    ids = ast.literal_eval(fields[3].strip())
+                except (ValueError, SyntaxError):
+                    ids = None
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise MassError(
+                    "malformed movie_conversations line: expected 'USER +++$+++ USER +++$+++ "
+                    "MOVIE +++$+++ ['L1', 'L2', ...]'",
+                    path=movie_conversations,
+                    line=lineno,
+                )
+            for i in ids:
+                if i not in utterances:
+                    raise MassError(
+                        f"unknown line id {i!r} (not in {movie_lines.name})", path=movie_conversations, line=lineno
+                    )
+            for a, b in zip(ids, ids[1:], strict=False):
+                if utterances[a] and utterances[b]:
+                    yield utterances[a], utterances[b]
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def _check_line(text: str, where: str) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise MassError(f"{where} is empty; every line must hold one example")
+    if "\n" in text or "\r" in text:
+        raise MassError(f"{where} contains a line break, which would break line alignment")
+
+
+def write_pairs(
+    pairs: Iterable[tuple[str, str]], out_prefix: Path, src_suffix: str = "src", tgt_suffix: str = "tgt"
+) -> int:
+    """Write ``out_prefix.src`` and ``out_prefix.tgt`` (one example per line) and return the count.
+
+    Why atomic: both files are written to temporary names and renamed only once every pair was
+    written, so an exception mid-stream (e.g. a malformed Cornell line) never leaves a misaligned or
+    half-written pair of files behind.
+    """
+    out_prefix = Path(out_prefix).expanduser()
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    targets = [out_prefix.with_name(f"{out_prefix.name}.{s}") for s in (src_suffix, tgt_suffix)]
+    tag = uuid.uuid4().hex[:8]
+    tmps = [t.with_name(f".{t.name}.tmp-{tag}") for t in targets]
+    n = 0
+    try:
+        with (
+            open(tmps[0], "w", encoding="utf-8", newline="\n") as fs,
+            open(tmps[1], "w", encoding="utf-8", newline="\n") as ft,
+        ):
+            for n, (src, tgt) in enumerate(pairs, start=1):
+                _check_line(src, f"source of pair {n}")
+                _check_line(tgt, f"target of pair {n}")
+                fs.write(src.strip() + "\n")
+                ft.write(tgt.strip() + "\n")
+        for tmp, target in zip(tmps, targets, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+    return n
+
+
+def write_corpus_dir(
+    out_dir: Path, texts: Mapping[str, list[str]], meta: Mapping, readme: str, compress: bool = False
+) -> None:
+    """Write ``texts`` (file name -> lines), ``meta.json`` and ``README.md`` into ``out_dir`` at once.
+
+    Why: a corpus directory is built in a temporary sibling and renamed into place (the previous one
+    is kept until then), so a crash never leaves a half-written corpus. With ``compress=True`` the
+    text files are written xz-compressed (``train.src.xz``), as shipped inside the package.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        for name, lines in texts.items():
+            for i, line in enumerate(lines, start=1):
+                _check_line(line, f"line {i} of {name}")
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
+            if compress:
+                (tmp / f"{name}.xz").write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+            else:
+                (tmp / name).write_bytes(data)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(readme, encoding="utf-8")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out_dir.exists():
+            os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- corpora shipped inside the package ------------------------------------------------------------
+
+
+def embedded_dir(name: str) -> Path:
+    """Directory of the pair corpus ``name`` ("debian", "shakespeare") shipped inside the package.
+
+    Why: users' first run must need no download (and not every user runs Debian).
+    """
+    path = Path(str(files("mass") / "resources" / name))
+    if not (path / "meta.json").is_file():
+        raise MassError(f"no embedded corpus named {name!r}", path=path)
+    return path
+
+
+def read_embedded(name: str, split: str, side: str) -> list[str]:
+    """Return the lines of one shipped file, e.g. ``read_embedded("debian", "test", "src")``."""
+    if split not in PAIR_SPLITS:
+        raise MassError(f"unknown split {split!r}; choose one of {', '.join(PAIR_SPLITS)}")
+    if not side.isidentifier():
+        raise MassError(f"bad side {side!r}; use e.g. {', '.join(PAIR_SIDES)}")
+    path = embedded_dir(name) / f"{split}.{side}.xz"
+    if not path.is_file():
+        raise MassError(f"no embedded file {split}.{side} in corpus {name!r}", path=path)
+    text = lzma.decompress(path.read_bytes()).decode("utf-8")
+    return text.split("\n")[:-1] if text else []
+
+
+def export_embedded(name: str, out_dir: Path) -> Path:
+    """Decompress the shipped corpus ``name`` into plain ``train.src`` etc. in ``out_dir``; return it.
+
+    Why: tokenizer training and binarization read plain text files.
+    """
+    src = embedded_dir(name)
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.name.endswith(".xz"):
+            target = out_dir / path.name[: -len(".xz")]
+            tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp.write_bytes(lzma.decompress(path.read_bytes()))
+            os.replace(tmp, target)
+        elif path.name in ("meta.json", "README.md"):
+            shutil.copyfile(path, out_dir / path.name)
+    return out_dir
