@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MINUTES ?= 15
 
 .PHONY: install demo pretrain test lint bench clean
 
@@ -18,7 +19,7 @@ install: $(STAMP)
 
 # The main job on the embedded en-fr Bible (see README): a short MASS pre-training on en+fr.
 demo: $(STAMP)
-	$(BIN)/mass pretrain configs/pretrain_demo.yaml
+	$(BIN)/mass demo --minutes $(MINUTES)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -145,6 +145,15 @@ def cmd_unsup(args: argparse.Namespace) -> None:
     train(cfg, evaluator=evaluator, best_metric="bleu" if evaluator else "valid_ppl")
 
 
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from mass.experiment import load_study, run_study
+
+    study = load_study(Path(args.study))
+    root = Path(args.run_dir or f"runs/{study.name}")
+    run_study(study, root, args.overrides)
+    print((root / "results.md").read_text())
+
+
 def _load(args: argparse.Namespace):
     from mass.inference import load_generator
 
@@ -289,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mass", action="store_true", help="back-translation steps only (the baseline)")
     p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per direction")
     p.set_defaults(func=cmd_unsup)
+
+    p = sub.add_parser("experiment", help="run (or resume) a study from a YAML file: table + plot")
+    p.add_argument("study", help="study YAML, e.g. configs/studies/low_resource.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
+    p.add_argument("--run-dir", help="default: runs/STUDY_NAME")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")

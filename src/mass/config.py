@@ -29,6 +29,7 @@ class DataConfig:
         corpus: "bible" (en-fr), "debian" (summarization) or "shakespeare" (dialogue).
         langs: languages of the run, in the order of their language ids.
         vocab_size: size of the sentencepiece model trained for a shipped corpus (without `init_from`).
+        tokenizer_sentences: the tokenizer is trained on a seeded sample of at most this many lines.
         max_tokens: token budget of a batch (sentences x padded length, source side).
         max_len: longer sentences (in subwords) are left out of training.
         min_len: shorter sentences are left out of training.
@@ -41,6 +42,7 @@ class DataConfig:
     corpus: str = "bible"
     langs: list[str] = field(default_factory=lambda: ["en", "fr"])
     vocab_size: int = 8000
+    tokenizer_sentences: int = 1_000_000
     max_tokens: int = 3000
     max_len: int = 128
     min_len: int = 1
@@ -114,7 +116,7 @@ class ObjectiveConfig:
 
     @property
     def src_side(self) -> str:
-        return self.src_data or self.src
+        return self.src_data or self.src or self.lang
 
     @property
     def tgt_side(self) -> str:
@@ -173,12 +175,25 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             raise MassError(f"{where} must be a list, not {type(value).__name__} {value!r}")
         (item,) = typing.get_args(tp)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MassError(f"{where} must be a mapping, not {type(value).__name__} {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _check_type(k, key_type, f"{where} key"): _check_type(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if tp is type(None):
         if value is not None:
             raise MassError(f"{where} must be null")
         return None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # e.g. a language code or path that YAML read as a number
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

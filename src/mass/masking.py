@@ -65,7 +65,7 @@ def span_lengths(lengths: Tensor, cfg: MaskConfig) -> Tensor:
     if cfg.span_tokens > 0:
         k = torch.full_like(lengths, cfg.span_tokens)
     else:
-        k = torch.floor(lengths.double() * cfg.ratio + 0.5).long()
+        k = torch.floor(lengths.double() * cfg.ratio + 0.5 + 1e-9).long()  # 0.7 * 45 is 31.4999... in binary
     return torch.minimum(k.clamp(min=1), lengths)
 
 

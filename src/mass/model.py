@@ -35,7 +35,7 @@ class ModelConfig:
 
 # Size presets: small functions, as in torchtune. Parameter counts are for an 8K vocabulary.
 def tiny() -> ModelConfig:
-    """~0.6M parameters: unit tests and smoke runs."""
+    """~0.8M parameters: unit tests and smoke runs."""
     return ModelConfig(embed_dim=64, num_heads=4, ffn_dim=256, encoder_layers=2, decoder_layers=2)
 
 
@@ -45,12 +45,12 @@ def small() -> ModelConfig:
 
 
 def base() -> ModelConfig:
-    """~52M parameters: Transformer-base, 6+6 layers of 512."""
+    """~48M parameters: Transformer-base, 6+6 layers of 512."""
     return ModelConfig(embed_dim=512, num_heads=8, ffn_dim=2048, encoder_layers=6, decoder_layers=6, max_positions=512)
 
 
 def paper() -> ModelConfig:
-    """The paper's model: 6+6 layers, 1024 dim, 8 heads (~170M parameters with a 60K vocabulary)."""
+    """The paper's model: 6+6 layers, 1024 dim, 8 heads (~240M parameters with a 60K vocabulary)."""
     return ModelConfig(embed_dim=1024, num_heads=8, ffn_dim=4096, encoder_layers=6, decoder_layers=6, max_positions=512)
 
 

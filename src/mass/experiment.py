@@ -1,0 +1,224 @@
+"""`mass experiment STUDY.yaml`: a named study of several runs, resumable, with a table and a plot.
+
+A study is a list of runs. Each run pre-trains, fine-tunes or trains unsupervised MT (the same code as
+the commands of those names), optionally starting from an earlier run of the study, then may be
+evaluated on a held-out split. Finished runs are skipped when the study is rerun, so a killed study
+resumes where it stopped. Results go to `RUN_ROOT/results.{md,json}` and `RUN_ROOT/plot.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mass.checkpoint import atomic_write_text, read_checkpoint_config, resolve_checkpoint
+from mass.config import ObjectiveConfig, from_dict, load_config
+from mass.errors import MassError
+from mass.plots import read_metrics
+
+
+@dataclass
+class RunSpec:
+    """One run of a study.
+
+    Attributes:
+        name: unique within the study; also the run directory's name.
+        kind: "pretrain", "finetune" or "unsup".
+        minutes: training time budget.
+        overrides: dotted config overrides for this run (after the study's `common` ones).
+        init: name of an earlier run to start from (its best checkpoint).
+        scratch: with `init`: take its architecture and tokenizer, not its weights.
+        task, src, tgt: the fine-tuning task and direction (finetune), or the language pair (unsup).
+        no_mass: unsup only: back-translation steps without MASS steps.
+        evaluate: evaluate on the test split (fine-tuned and unsup runs); `mass` = MASS perplexity.
+        labels: free key/values shown in the table and used by the plot.
+    """
+
+    name: str
+    kind: str
+    minutes: float = 5.0
+    overrides: list[str] = field(default_factory=list)
+    init: str = ""
+    scratch: bool = False
+    task: str = "mt"
+    src: str = "fr"
+    tgt: str = "en"
+    no_mass: bool = False
+    evaluate: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PlotSpec:
+    x: str = ""
+    series: str = ""
+    metric: str = "bleu"
+
+
+@dataclass
+class Study:
+    name: str
+    description: str = ""
+    common: list[str] = field(default_factory=list)
+    test_limit: int = 400
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf"])
+    plot: PlotSpec = field(default_factory=PlotSpec)
+    runs: list[RunSpec] = field(default_factory=list)
+
+
+def load_study(path: Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise MassError("study file not found", path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise MassError(
+            f"invalid YAML: {getattr(e, 'problem', e)}", path, None if mark is None else mark.line + 1
+        ) from None
+    try:
+        study = from_dict(Study, raw or {}, "study")
+    except MassError as e:
+        raise MassError(e.message, path) from None
+    names = [run.name for run in study.runs]
+    for run in study.runs:
+        if run.kind not in ("pretrain", "finetune", "unsup"):
+            raise MassError(f"run {run.name}: kind must be pretrain, finetune or unsup", path)
+        if run.init and run.init not in names[: names.index(run.name)]:
+            raise MassError(f"run {run.name}: init {run.init!r} is not an earlier run of the study", path)
+    if len(set(names)) != len(names):
+        raise MassError("run names must be unique", path)
+    return study
+
+
+def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> None:
+    from mass import distributed
+    from mass.tasks import get_task, make_evaluator, task_objective
+    from mass.train import resolve_data_dir, train
+
+    defaults = [f"run_dir={run_dir}", f"train.time_budget={run.minutes}", "train.max_steps=1000000"]
+    if run.init:
+        ckpt = resolve_checkpoint(root / run.init)
+        langs = read_checkpoint_config(ckpt)["data"]["langs"]
+        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]", f"scratch={str(run.scratch).lower()}"]
+    task = get_task(run.task)
+    if run.kind == "finetune":
+        defaults += [f"data.corpus={task.corpus}", "generate.beam=1"]
+    if run.kind == "unsup":
+        defaults += ["data.train_split=unsup", "generate.beam=1"]
+    cfg = load_config(None, defaults + common + run.overrides)
+    if run.kind == "pretrain":
+        train(cfg)
+        return
+    data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
+    if run.kind == "finetune":
+        cfg.objectives = cfg.objectives or [task_objective(task, run.src, run.tgt)]
+        directions = cfg.objectives[:1]
+    else:
+        a, b = run.src, run.tgt
+        mass_steps = [] if run.no_mass else [ObjectiveConfig(name="mass", lang=x) for x in (a, b)]
+        cfg.objectives = cfg.objectives or [
+            *mass_steps,
+            ObjectiveConfig(name="bt", src=a, tgt=b),
+            ObjectiveConfig(name="bt", src=b, tgt=a),
+        ]
+        directions = [ObjectiveConfig(name="translate", src=x, tgt=y) for x, y in ((a, b), (b, a))]
+    evaluator = make_evaluator(cfg, task, data, directions, 100)
+    train(cfg, evaluator=evaluator, best_metric=task.best_metric if evaluator else "valid_ppl")
+
+
+def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
+    from mass.evaluate import evaluate_checkpoint
+
+    if run.kind == "pretrain":  # the trainer's last validation: MASS perplexity with its seeded masks
+        last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "valid_ppl" in r][-1]
+        return {("mass_" + k.removeprefix("valid_")): v for k, v in last.items() if k.startswith("valid_ppl")}
+    directions = [(run.src, run.tgt)] if run.kind == "finetune" else [(run.src, run.tgt), (run.tgt, run.src)]
+    metrics = {}
+    for src, tgt in directions:
+        result = evaluate_checkpoint(run_dir, run.task, src, tgt, limit=limit)
+        suffix = "" if len(directions) == 1 else f"_{src}-{tgt}"
+        metrics.update({f"{k}{suffix}": v for k, v in result["metrics"].items() if isinstance(v, float)})
+    return metrics
+
+
+def run_study(study: Study, root: Path, extra: list[str] = (), test_limit: int = 0) -> list[dict]:
+    """Run (or resume) every run of the study; returns one result row per run.
+
+    Args:
+        extra: dotted overrides applied to every run after the study's own (e.g. a tiny size for tests).
+        test_limit: overrides the study's number of test examples when > 0.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    common = [*study.common, *extra]
+    rows = []
+    for run in study.runs:
+        run_dir = root / run.name
+        done = run_dir / "result.json"
+        if not done.is_file():
+            print(f"== {study.name}: {run.name} ({run.kind}, {run.minutes} min)", flush=True)
+            start = time.perf_counter()
+            _train_run(run, run_dir, common, root)
+            minutes = (time.perf_counter() - start) / 60
+            metrics = _evaluate_run(run, run_dir, test_limit or study.test_limit) if run.evaluate else {}
+            atomic_write_text(done, json.dumps({"metrics": metrics, "train_minutes": minutes}, indent=2))
+        result = json.loads(done.read_text())
+        rows.append({"run": run.name, "kind": run.kind, **run.labels, **result})
+    write_results(study, root, rows)
+    return rows
+
+
+def write_results(study: Study, root: Path, rows: list[dict]) -> None:
+    """results.json, a Markdown table and a plot of `study.plot.metric`."""
+    atomic_write_text(root / "results.json", json.dumps({"study": study.name, "rows": rows}, indent=2))
+    label_keys = sorted({k for run in study.runs for k in run.labels})
+    metric_keys = [m for m in study.metrics if any(m in r["metrics"] for r in rows)]
+    lines = [
+        f"# {study.name}",
+        "",
+        study.description.strip(),
+        "",
+        "| run | " + " | ".join(label_keys + metric_keys) + " | train min |",
+        "|---" * (len(label_keys) + len(metric_keys) + 2) + "|",
+    ]
+    for r in rows:
+        cells = [str(r.get(k, "")) for k in label_keys]
+        cells += [f"{r['metrics'][m]:.2f}" if m in r["metrics"] else "" for m in metric_keys]
+        lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_minutes']:.1f} |")
+    atomic_write_text(root / "results.md", "\n".join(lines) + "\n")
+    _plot(study, root, rows)
+
+
+def _plot(study: Study, root: Path, rows: list[dict]) -> None:
+    spec = study.plot
+    points = [r for r in rows if spec.x in r and spec.metric in r["metrics"]]
+    if not spec.x or not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = list(dict.fromkeys(str(r[spec.x]) for r in points))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for series in dict.fromkeys(str(r.get(spec.series, "")) for r in points):
+        chosen = [r for r in points if str(r.get(spec.series, "")) == series]
+        ax.plot(
+            [xs.index(str(r[spec.x])) for r in chosen],
+            [r["metrics"][spec.metric] for r in chosen],
+            marker="o",
+            label=series or spec.metric,
+        )
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set(xlabel=spec.x, ylabel=spec.metric, title=study.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "plot.png", dpi=110)
+    plt.close(fig)

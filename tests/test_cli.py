@@ -1,0 +1,245 @@
+"""The `mass` command: happy paths, and bad input as one line on stderr, a non-zero exit and nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import fast_training, synthetic_pairs, tiny_overrides, write_corpus, write_lines
+from safetensors.torch import load_file, save_file
+
+from mass.checkpoint import latest_checkpoint
+from mass.cli import main
+
+
+@pytest.fixture(autouse=True)
+def no_plots_and_keep_threads(monkeypatch):
+    """Skip drawing curves.png (about a second per run); restore the thread count train() changes."""
+    monkeypatch.setattr("mass.plots.plot_metrics", lambda log_path, out: None)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, str]:
+    """Text files {train,valid}.{en,fr}: {"train": prefix, "valid": prefix}."""
+    return write_corpus(tmp_path_factory.mktemp("cli-text"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli-data") / "data"
+    argv = ["prepare", "--langs", "en,fr", "--train", corpus["train"], "--valid", corpus["valid"]]
+    assert main([*argv, "--out", str(out), "--vocab-size", "300", "--parallel"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    """A 2-step pre-training through the CLI (overrides first, no config file)."""
+    run = tmp_path_factory.mktemp("cli-run") / "run"
+    overrides = tiny_overrides(data_dir, "unused", "train.max_steps=2")
+    overrides = [o for o in overrides if not o.startswith(("run_dir=", "model.preset="))]
+    with fast_training():
+        assert main(["pretrain", *overrides, "--preset", "tiny", "--run-dir", str(run), "--langs", "en,fr"]) == 0
+    return run
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"mass {command}: error: ") and "Traceback" not in err
+    return err
+
+
+def prepare_text(tmp_path: Path, train_en: list[str], train_fr: list[str]) -> str:
+    """Write train.en/train.fr under tmp_path/text; return the prefix."""
+    prefix = tmp_path / "text" / "train"
+    write_lines(Path(f"{prefix}.en"), train_en)
+    write_lines(Path(f"{prefix}.fr"), train_fr)
+    return str(prefix)
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir()] if out.parent.exists() else []
+    assert leftovers == [], leftovers
+
+
+def test_prepare_creates_data_dir(data_dir, capsys):
+    meta = json.loads((data_dir / "meta.json").read_text())
+    assert meta["langs"] == ["en", "fr"]
+    assert meta["splits"] == {"train": {"en": 300, "fr": 300}, "valid": {"en": 40, "fr": 40}}
+    assert 100 < meta["vocab_size"] <= 300
+    assert (data_dir / "spm.model").is_file()
+    assert sorted(p.name for p in data_dir.glob("train.*")) == [
+        "train.en.bin",
+        "train.en.idx",
+        "train.fr.bin",
+        "train.fr.idx",
+    ]
+
+
+def test_pretrain_happy_path(run_dir):
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]
+    assert latest_checkpoint(run_dir).name == "step_00000002"
+
+
+def test_prepare_missing_input_file(corpus, tmp_path, capsys):
+    prefix = tmp_path / "text" / "train"
+    write_lines(Path(f"{prefix}.en"), ["a b c"])  # train.fr is missing
+    out = tmp_path / "out" / "data"
+    assert main(["prepare", "--langs", "en,fr", "--train", str(prefix), "--out", str(out)]) == 1
+    err = one_line_error(capsys, "prepare")
+    assert f"{prefix}.fr" in err and "not found" in err
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_prepare_empty_file(corpus, tmp_path, capsys):
+    en, fr = synthetic_pairs(50, 3)
+    prefix = prepare_text(tmp_path, en, fr)
+    empty = write_lines(tmp_path / "text" / "valid.fr", [])
+    write_lines(tmp_path / "text" / "valid.en", en[:5])
+    out = tmp_path / "out" / "data"
+    argv = ["prepare", "--langs", "en,fr", "--train", prefix, "--valid", str(tmp_path / "text" / "valid")]
+    assert main([*argv, "--out", str(out), "--vocab-size", "100"]) == 1
+    err = one_line_error(capsys, "prepare")
+    assert str(empty) in err and "empty" in err
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("bad_split", ["train", "valid"])
+def test_prepare_invalid_utf8_names_file_and_line(tmp_path, capsys, bad_split):
+    en, fr = synthetic_pairs(50, 3)
+    prefix = prepare_text(tmp_path, en, fr)
+    write_lines(tmp_path / "text" / "valid.en", en[:5])
+    write_lines(tmp_path / "text" / "valid.fr", fr[:5])
+    bad = tmp_path / "text" / f"{bad_split}.fr"
+    lines = bad.read_bytes().split(b"\n")
+    lines[2] = b"caf\xe9 au lait"  # Latin-1, not UTF-8, on line 3
+    bad.write_bytes(b"\n".join(lines))
+    out = tmp_path / "out" / "data"
+    argv = ["prepare", "--langs", "en,fr", "--train", prefix, "--valid", str(tmp_path / "text" / "valid")]
+    assert main([*argv, "--out", str(out), "--vocab-size", "100", "--parallel"]) == 1
+    err = one_line_error(capsys, "prepare")
+    assert f"{bad}:3:" in err and "UTF-8" in err
+    assert_nothing_written(out)
+
+
+def test_prepare_parallel_files_of_different_lengths(tmp_path, capsys):
+    en, fr = synthetic_pairs(50, 3)
+    prefix = prepare_text(tmp_path, en, fr[:-1])
+    out = tmp_path / "out" / "data"
+    assert main(["prepare", "--langs", "en,fr", "--train", prefix, "--out", str(out), "--parallel"]) == 1
+    err = one_line_error(capsys, "prepare")
+    assert f"{prefix}.en" in err and "differ" in err and "50" in err and "49" in err
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("bad_split", ["train", "valid"])
+def test_prepare_absurdly_long_line(tmp_path, capsys, bad_split):
+    en, fr = synthetic_pairs(50, 3)
+    prefix = prepare_text(tmp_path, en, fr)
+    write_lines(tmp_path / "text" / "valid.en", en[:5])
+    write_lines(tmp_path / "text" / "valid.fr", fr[:5])
+    bad = tmp_path / "text" / f"{bad_split}.en"
+    lines = bad.read_text().splitlines()
+    lines[1] = "word " * 10_000  # 50,000 characters on line 2
+    write_lines(bad, lines)
+    out = tmp_path / "out" / "data"
+    argv = ["prepare", "--langs", "en,fr", "--train", prefix, "--valid", str(tmp_path / "text" / "valid")]
+    assert main([*argv, "--out", str(out), "--vocab-size", "100", "--parallel"]) == 1
+    err = one_line_error(capsys, "prepare")
+    assert f"{bad}:2:" in err and "50000 characters" in err
+    assert_nothing_written(out)
+
+
+def test_prepare_refuses_to_overwrite(data_dir, corpus, capsys):
+    before = (data_dir / "meta.json").read_bytes()
+    argv = ["prepare", "--langs", "en,fr", "--train", corpus["train"], "--out", str(data_dir)]
+    assert main([*argv, "--vocab-size", "100"]) == 1
+    assert "already exists" in one_line_error(capsys, "prepare")
+    assert (data_dir / "meta.json").read_bytes() == before
+
+
+def test_pretrain_missing_config_file(tmp_path, capsys):
+    missing = tmp_path / "nope.yaml"
+    assert main(["pretrain", str(missing), f"run_dir={tmp_path / 'run'}"]) == 1
+    err = one_line_error(capsys, "pretrain")
+    assert str(missing) in err and "not found" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_unknown_key_in_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\nmodel:\n  preset: tiny\n  embd_dim: 32\n")
+    assert main(["pretrain", str(config)]) == 1
+    err = one_line_error(capsys, "pretrain")
+    assert str(config) in err and "model.embd_dim" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_unknown_key_in_override(tmp_path, capsys):
+    assert main(["pretrain", "model.preset=tiny", "train.max_stpes=3", f"run_dir={tmp_path / 'run'}"]) == 1
+    assert "train.max_stpes" in one_line_error(capsys, "pretrain")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrain_data_dir_not_prepared(tmp_path, capsys):
+    not_prepared = tmp_path / "raw"
+    not_prepared.mkdir()
+    run = tmp_path / "run"
+    assert main(["pretrain", *tiny_overrides(not_prepared, run)]) == 1
+    err = one_line_error(capsys, "pretrain")
+    assert str(not_prepared) in err and "prepare" in err
+    assert not run.exists()
+
+
+def test_pretrain_init_from_checkpoint_of_another_architecture(run_dir, data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(latest_checkpoint(run_dir), ckpt)
+    weights = load_file(ckpt / "model.safetensors")
+    name = next(k for k, v in weights.items() if v.dim() == 2)
+    rows, cols = weights[name].shape
+    weights[name] = torch.zeros(rows, cols + 8)
+    save_file(weights, ckpt / "model.safetensors")
+    run = tmp_path / "run"
+    assert main(["pretrain", *tiny_overrides(data_dir, run, f"init_from={ckpt}")]) == 1
+    err = one_line_error(capsys, "pretrain")
+    assert "another architecture" in err and str(ckpt / "model.safetensors") in err and name in err
+    assert not run.exists()
+
+
+def test_argparse_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["prepare", "--train", "x"])  # --langs and --out are required
+    assert info.value.code == 2
+    assert "--langs" in capsys.readouterr().err
+
+
+def mass_command() -> list[str]:
+    script = Path(sys.executable).parent / "mass"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mass.cli"]
+
+
+@pytest.mark.parametrize("command", ["prepare", "pretrain"])
+def test_installed_command_prints_one_line_and_exits_non_zero(tmp_path, command):
+    missing = tmp_path / "missing"
+    if command == "prepare":
+        args = ["prepare", "--langs", "en,fr", "--train", str(missing), "--out", str(tmp_path / "out")]
+    else:
+        args = ["pretrain", str(missing / "config.yaml")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([*mass_command(), *args], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"mass {command}: error: ") and str(missing) in proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,322 @@
+"""The training loop end to end on a tiny synthetic corpus: learning, exact resume, gradient accumulation,
+2-process DDP, objective schedules, checkpoint contents and init_from checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import fast_training, make_data_dir, read_log, tiny_config, tiny_overrides, train_losses
+from safetensors.torch import load_file
+
+from mass import distributed
+from mass.checkpoint import latest_checkpoint
+from mass.config import load_config
+from mass.data.binarize import load_data_dir
+from mass.errors import MassError
+from mass.model import MassModel
+from mass.objectives import seq2seq_loss
+from mass.train import build_objectives, inverse_sqrt, resolve_model_config, train
+
+
+@pytest.fixture(autouse=True)
+def no_plots(request, monkeypatch):
+    """Drawing curves.png costs about a second per run; only test_loss_falls checks it."""
+    if request.node.name != "test_loss_falls":
+        monkeypatch.setattr("mass.plots.plot_metrics", lambda log_path, out: None)
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """train() applies train.threads process-wide; give later tests their thread count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return make_data_dir(tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory) -> Path:
+    """A finished 8-step run (evaluations at 2, 4, 6 and 8, one checkpoint kept besides the best)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    extra = ("train.max_steps=8", "train.eval_interval=2", "train.save_interval=100", "train.keep_checkpoints=1")
+    with fast_training():
+        train(tiny_config(data_dir, run, *extra, "optim.lr=0.003"))
+    return run
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(latest_checkpoint(run) / "model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if atol == 0.0:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
+
+
+def test_loss_falls(data_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(
+        data_dir, run, "train.max_steps=24", "train.eval_interval=8", "optim.lr=0.003", "optim.warmup_steps=5"
+    )
+    final = train(cfg)
+    log = read_log(run)
+    losses = [r["loss"] for r in log if "loss" in r]
+    evals = [r for r in log if "valid_ppl" in r]
+    assert len(losses) == 24 and [r["step"] for r in evals] == [8, 16, 24]
+    assert all(math.isfinite(x) for x in losses)
+    # uniform guessing over the vocabulary is ln(V); the untrained model starts about there
+    vocab = load_data_dir(data_dir).vocab_size
+    assert abs(losses[0] - math.log(vocab)) < 0.5
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    assert evals[-1]["valid_ppl"] < 0.9 * evals[0]["valid_ppl"]
+    assert evals[-1]["valid_ppl_mass_en"] < evals[0]["valid_ppl_mass_en"]
+    assert evals[-1]["valid_ppl_mass_fr"] < evals[0]["valid_ppl_mass_fr"]
+    assert final["valid_ppl"] == pytest.approx(evals[-1]["valid_ppl"])
+    assert (run / "curves.png").is_file()
+
+
+def test_resume_equals_uninterrupted_run(data_dir, tmp_path, capsys):
+    # dropout on: the resumed run must restore the RNG state, not just the weights and data position
+    extra = ("model.dropout=0.1", "model.attention_dropout=0.1", "train.eval_interval=3", "train.save_interval=100")
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    train(tiny_config(data_dir, run_a, *extra, "train.max_steps=8"))
+    train(tiny_config(data_dir, run_b, *extra, "train.max_steps=4"))
+    assert latest_checkpoint(run_b).name == "step_00000004"
+    capsys.readouterr()
+    train(tiny_config(data_dir, run_b, *extra, "train.max_steps=6"))  # the same command with a larger max_steps
+    assert "resuming from" in capsys.readouterr().out
+    assert latest_checkpoint(run_b).name == "step_00000006"
+    # Now a crash: steps 5-6 were logged but their checkpoint never completed; the save left a temporary.
+    shutil.rmtree(run_b / "checkpoints" / "step_00000006")
+    crashed = run_b / "checkpoints" / ".step_00000006.x1y2z3"
+    crashed.mkdir()
+    (crashed / "model.safetensors").write_bytes(b"half a file")
+    train(tiny_config(data_dir, run_b, *extra, "train.max_steps=8"))
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "step_00000004 at step 4" in out  # the temporary is not a checkpoint
+    assert not crashed.exists()  # cleaned up by the next save
+
+    records_a = [r for r in read_log(run_a) if "loss" in r]
+    records_b = [r for r in read_log(run_b) if "loss" in r]
+    # the log lines of the lost steps 5-6 were replaced, not duplicated
+    assert [r["step"] for r in records_a] == [r["step"] for r in records_b] == list(range(1, 9))
+    for a, b in zip(records_a, records_b, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6), a["step"]
+        assert b["lr"] == a["lr"]
+    assert [r["step"] for r in read_log(run_b) if "valid_ppl" in r] == [3, 4, 6, 8]
+    assert_same_weights(final_weights(run_a), final_weights(run_b))
+    state_a = torch.load(latest_checkpoint(run_a) / "state.pt", weights_only=True)
+    state_b = torch.load(latest_checkpoint(run_b) / "state.pt", weights_only=True)
+    assert state_a["streams"] == state_b["streams"] and state_a["step"] == state_b["step"] == 8
+
+
+def test_rerunning_a_finished_run_trains_no_further(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, "train.max_steps=3"))
+    before = final_weights(run)
+    train(tiny_config(data_dir, run, "train.max_steps=3"))
+    assert sorted(train_losses(run)) == [1, 2, 3]
+    assert_same_weights(before, final_weights(run))
+
+
+def manual_updates(cfg, data_dir: Path, steps: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """What the trainer should compute with `optim.accum_steps` micro-batches per objective, written out."""
+    data = load_data_dir(data_dir)
+    cfg.model = resolve_model_config(cfg, data)
+    torch.manual_seed(cfg.train.seed)
+    model = MassModel(cfg.model)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.optim.warmup_steps))
+    objectives = build_objectives(cfg, data, distributed.DistInfo())
+    records = []
+    for _ in range(steps):
+        record = {}
+        for obj in objectives:
+            batches = [obj.next_batch(model) for _ in range(cfg.optim.accum_steps)]
+            tokens = sum(int((b.target != 0).sum()) for b in batches)
+            losses = [seq2seq_loss(model, b)[0] for b in batches]
+            (sum(losses) / tokens).backward()
+            record[obj.name] = (float(sum(losses).detach()), tokens)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+        records.append({"grad_norm": float(norm), **{f"loss_{n}": nll / t for n, (nll, t) in record.items()}})
+        records[-1]["loss"] = sum(nll for nll, _ in record.values()) / sum(t for _, t in record.values())
+    return records, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_counts_every_micro_batch(data_dir, tmp_path):
+    extra = ("optim.accum_steps=2", "train.max_steps=2", "train.eval_interval=100", "optim.lr=0.003")
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, *extra))
+    logged = [r for r in read_log(run) if "loss" in r]
+    expected, weights = manual_updates(tiny_config(data_dir, run, *extra), data_dir, steps=2)
+    assert len(logged) == 2
+    for got, want in zip(logged, expected, strict=True):
+        for key in ("loss", "loss_mass_en", "loss_mass_fr"):
+            assert got[key] == pytest.approx(want[key], rel=1e-6), key
+        # the gradient norm is sensitive to the token count the summed loss is divided by
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+    assert_same_weights(final_weights(run), weights, atol=1e-6)
+
+
+def free_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_accumulation(data_dir, tmp_path):
+    common = ("train.max_steps=4", "train.eval_interval=100", "data.max_tokens=300", "optim.lr=0.003")
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    train(tiny_config(data_dir, single, *common, "optim.accum_steps=2"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mass.cli",
+        "pretrain",
+        *tiny_overrides(data_dir, ddp, *common, "optim.accum_steps=1"),
+    ]
+    proc = subprocess.run(cmd, env=free_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses_single, losses_ddp = train_losses(single), train_losses(ddp)
+    assert sorted(losses_ddp) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert losses_ddp[step] == pytest.approx(losses_single[step], abs=1e-5), step
+    ddp_log = [r for r in read_log(ddp) if "loss" in r]
+    single_log = [r for r in read_log(single) if "loss" in r]
+    for a, b in zip(ddp_log, single_log, strict=True):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_weights(final_weights(ddp), final_weights(single), atol=1e-5)
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def test_translation_objective(data_dir, tmp_path):
+    path = write_yaml(tmp_path / "ft.yaml", {"objectives": [{"name": "translate", "src": "fr", "tgt": "en"}]})
+    run = tmp_path / "run"
+    metrics = train(tiny_config(data_dir, run, "train.max_steps=2", path=path))
+    log = read_log(run)
+    train_records = [r for r in log if "loss" in r]
+    assert len(train_records) == 2
+    assert all("loss_fr-en" in r and not any(k.startswith("loss_mass") for k in r) for r in train_records)
+    assert "valid_ppl_fr-en" in metrics and "valid_ppl" in metrics
+
+
+def test_objective_every_n_updates(data_dir, tmp_path):
+    schedule = [{"name": "mass", "lang": "en"}, {"name": "mass", "lang": "fr", "every": 2}]
+    path = write_yaml(tmp_path / "sched.yaml", {"objectives": schedule})
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, "train.max_steps=4", "train.eval_interval=100", path=path))
+    state = torch.load(latest_checkpoint(run) / "state.pt", weights_only=True)
+    assert state["streams"]["mass_en"]["cursor"] == 4 and state["streams"]["mass_fr"]["cursor"] == 2
+    records = [r for r in read_log(run) if "loss" in r]
+    assert all(r["loss_mass_en"] > 0 for r in records)
+    # updates 1 and 3 train French; updates 2 and 4 do not, so they have no French loss to report (not 0.0)
+    assert [r["step"] for r in records if "loss_mass_fr" in r and r["loss_mass_fr"] > 0] == [1, 3]
+    assert all(r.get("loss_mass_fr") != 0.0 for r in records), [r.get("loss_mass_fr") for r in records]
+
+
+@pytest.mark.parametrize(
+    ("objectives", "match"),
+    [
+        ([{"name": "denoise", "lang": "en"}], "unknown objective"),
+        ([{"name": "mass", "lang": "de"}], "'de'"),
+        ([{"name": "translate", "src": "en", "tgt": "ro"}], "'ro'"),
+    ],
+)
+def test_bad_objectives_are_errors(data_dir, tmp_path, objectives, match):
+    path = write_yaml(tmp_path / "bad.yaml", {"objectives": objectives})
+    with pytest.raises(MassError, match=match):
+        train(tiny_config(data_dir, tmp_path / "run", path=path))
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_contents(trained, data_dir):
+    root = trained / "checkpoints"
+    evals = [r for r in read_log(trained) if "valid_ppl" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    best_step = min(evals, key=lambda r: r["valid_ppl"])["step"]
+    best = json.loads((root / "best.json").read_text())
+    assert best["step"] == best_step and best["checkpoint"] == f"step_{best_step:08d}"
+    # keep_checkpoints=1: the latest, plus the best if that is another one
+    assert sorted(p.name for p in root.glob("step_*")) == sorted({"step_00000008", f"step_{best_step:08d}"})
+    assert not list(root.glob(".*step*"))
+
+    ckpt = root / "step_00000008"
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "state.pt", "config.yaml", "spm.model"}
+    assert (ckpt / "spm.model").read_bytes() == (data_dir / "spm.model").read_bytes()
+    weights = load_file(ckpt / "model.safetensors")
+    assert weights and all(isinstance(t, torch.Tensor) for t in weights.values())
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["step"] == 8 and set(state["streams"]) == {"mass_en", "mass_fr"}
+    assert state["best"] == pytest.approx(min(r["valid_ppl"] for r in evals))
+
+    for config_path in (ckpt / "config.yaml", trained / "config.yaml"):
+        saved = yaml.safe_load(config_path.read_text())
+        assert saved["model"]["vocab_size"] == load_data_dir(data_dir).vocab_size
+        assert saved["model"]["num_langs"] == 2
+        assert "preset" not in saved["model"]
+        assert saved["train"]["max_steps"] == 8
+        assert load_config(config_path).model.vocab_size == saved["model"]["vocab_size"]  # loads as a config
+
+
+def test_init_from_starts_from_the_checkpoint(trained, data_dir, tmp_path):
+    fresh, tuned = tmp_path / "fresh", tmp_path / "tuned"
+    train(tiny_config(data_dir, fresh, "train.max_steps=1"))
+    train(tiny_config(data_dir, tuned, "train.max_steps=1", f"init_from={trained}"))
+    # same data, same first batch: the pre-trained weights give a lower loss than a fresh initialisation
+    assert train_losses(tuned)[1] < train_losses(fresh)[1] - 0.2
+    saved = yaml.safe_load((tuned / "config.yaml").read_text())
+    assert saved["init_from"] == str(trained)
+
+
+def test_init_from_with_another_tokenizer(trained, tmp_path):
+    other = make_data_dir(tmp_path / "other", vocab_size=150)
+    with pytest.raises(MassError, match="vocabulary") as info:
+        train(tiny_config(other, tmp_path / "run", f"init_from={trained}"))
+    assert "mass prepare --tokenizer" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_same_size_but_different_tokenizer(trained, data_dir, tmp_path):
+    # same vocabulary size, different pieces: still refused (the ids would mean other subwords)
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    spm = other / "spm.model"
+    spm.write_bytes(spm.read_bytes() + b"\n")  # a different file, same vocabulary size
+    with pytest.raises(MassError, match="vocabulary"):
+        train(tiny_config(other, tmp_path / "run", f"init_from={trained}"))
+
+
+def test_init_from_with_other_languages(trained, data_dir, tmp_path):
+    with pytest.raises(MassError, match="languages"):
+        train(tiny_config(data_dir, tmp_path / "run", f"init_from={trained}", "data.langs=[fr, en]"))
