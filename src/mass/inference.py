@@ -59,9 +59,9 @@ class Generator:
         self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig
     ) -> list[list[list[int]]]:
         """Token ids in, n-best token ids out (in input order), batched by similar length."""
+        src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
         was_training = self.model.training
         self.model.eval()
-        src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
         max_src = self.model.cfg.max_positions - 1
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         results: list[list[list[int]]] = [[] for _ in sources]
