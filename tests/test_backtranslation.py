@@ -140,7 +140,7 @@ def test_gradients_flow_only_through_the_reconstruction():
     by_hand.backward()
     hand_grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
-    assert float(loss) == pytest.approx(float(by_hand), rel=1e-5)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
     assert bt_grads.keys() == hand_grads.keys()
     assert "embed.tokens.weight" in bt_grads and "encoder_layers.0.self_attn.q_proj.weight" in bt_grads
     for name, grad in bt_grads.items():
@@ -165,7 +165,7 @@ def test_translation_length_limits():
     batch = back_translate(short, sentences_of([30, 5]), EN, FR)
     assert batch.src_tokens.size(1) <= 16 and batch.dec_tokens.size(1) <= 16
     loss, stats = seq2seq_loss(short, batch)
-    assert math.isfinite(float(loss)) and stats["tokens"] == 16 + 6
+    assert math.isfinite(loss.item()) and stats["tokens"] == 16 + 6
 
 
 # --- the objective schedule ------------------------------------------------------------------------------

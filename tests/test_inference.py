@@ -121,6 +121,8 @@ def reverser() -> tuple[MassModel, list[list[int]]]:
     model = build(seed=0).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     recent: list[float] = []
+    threads = torch.get_num_threads()  # module fixtures run before the function-scoped `one_thread`
+    torch.set_num_threads(1)
     for _ in range(500):
         seqs = [s for s in (reverse_sample(rng) for _ in range(48)) if tuple(s) not in unseen]
         loss, stats = seq2seq_loss(model, seq2seq_batch(seqs, [s[::-1] for s in seqs], 0, 1))
@@ -130,6 +132,7 @@ def reverser() -> tuple[MassModel, list[list[int]]]:
         recent = [*recent[-9:], stats["nll"] / stats["tokens"]]
         if len(recent) == 10 and sum(recent) / 10 < 0.03:
             break
+    torch.set_num_threads(threads)
     assert sum(recent) / len(recent) < 0.05, recent
     return model.eval(), held_out
 

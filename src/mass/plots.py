@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+GENERATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
+
 
 def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
@@ -14,7 +16,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_metrics(log_path: Path, out: Path) -> Path | None:
-    """Training loss per objective and validation perplexities against steps, side by side."""
+    """Training loss per objective, validation perplexities and (if any) BLEU/ROUGE against updates."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,28 +25,27 @@ def plot_metrics(log_path: Path, out: Path) -> Path | None:
     records = read_metrics(log_path)
     if not records:
         return None
-    fig, (ax_train, ax_valid) = plt.subplots(1, 2, figsize=(11, 4))
-    train_keys = sorted({k for r in records for k in r if k.startswith("loss_")})
-    valid_keys = sorted({k for r in records for k in r if k.startswith("valid_ppl") or k in ("bleu", "rouge1")})
-    for key in train_keys:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax_train.plot(*zip(*points, strict=True), label=key.removeprefix("loss_"))
-    ax_train.set(xlabel="update", ylabel="training loss (nats/token)", title="training loss")
-    for key in valid_keys:
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax_valid.plot(*zip(*points, strict=True), marker="o", label=key)
-    ax_valid.set(xlabel="update", title="validation")
-    if any(k.startswith("valid_ppl") for k in valid_keys):
-        ax_valid.set_yscale("log")
-        ax_valid.set_ylabel("perplexity")
-    for ax in (ax_train, ax_valid):
+    keys = sorted({k for r in records for k in r})
+    panels = [
+        ("training loss (nats/token)", [k for k in keys if k.startswith("loss_")], False),
+        ("validation perplexity", [k for k in keys if k.startswith("valid_ppl")], True),
+        ("validation BLEU / chrF / ROUGE", [k for k in keys if k.split("_")[0] in GENERATION_METRICS], False),
+    ]
+    panels = [p for p in panels if p[1]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, names, log_scale) in zip(axes[0], panels, strict=True):
+        for key in names:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot(*zip(*points, strict=True), marker="o" if len(points) < 40 else None, label=key)
+        ax.set(xlabel="update", title=title)
+        if log_scale:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(out)
     return out
