@@ -28,12 +28,15 @@ def make_decode_step(model: MassModel, memory: Tensor, memory_mask: Tensor, tgt_
     state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(), "step": 0}
 
     def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
-        if parents is not None:
+        # Rows kept in place (greedy, nothing finished) need no reordering of the cache.
+        if parents is not None and not (len(parents) == len(state["lang"]) and bool((parents == state["rows"]).all())):
             state["cache"] = reorder_cache(state["cache"], parents)
-            for key in ("memory", "mask", "lang"):
-                state[key] = state[key].index_select(0, parents)
+            state["mask"] = state["mask"].index_select(0, parents)
+            state["lang"] = state["lang"].index_select(0, parents)
         positions = torch.full_like(tokens, state["step"])[:, None]
         hidden = model.decode(tokens[:, None], positions, state["lang"], state["memory"], state["mask"], state["cache"])
+        state["memory"] = None  # its keys and values are cached in every layer now
+        state["rows"] = torch.arange(len(tokens), device=tokens.device)
         state["step"] += 1
         return torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
 

@@ -97,7 +97,7 @@ class Attention(nn.Module):
         """
         q = self._heads(self.q_proj(query))
         key_k, key_v = cache_prefix + "k", cache_prefix + "v"
-        if cache is not None and keys_values is not None and key_k in cache:
+        if cache is not None and cache_prefix == "cross_" and key_k in cache:
             k, v = cache[key_k], cache[key_v]  # cross-attention: encoder keys computed at the first step
         else:
             source = query if keys_values is None else keys_values
@@ -240,7 +240,7 @@ class MassModel(nn.Module):
         tokens: Tensor,
         positions: Tensor,
         lang: Tensor,
-        memory: Tensor,
+        memory: Tensor | None,
         memory_mask: Tensor,
         cache: list[LayerCache] | None = None,
     ) -> Tensor:
@@ -250,7 +250,7 @@ class MassModel(nn.Module):
             tokens: (B, T) decoder input tokens, right-padded.
             positions: (B, T) their position ids (a MASS fragment keeps its original positions).
             lang: (B,) target language ids.
-            memory: (B, S, D) encoder states.
+            memory: (B, S, D) encoder states; None once a cache holds their keys and values.
             memory_mask: (B, S) bool, True for encoder states the decoder may attend to.
             cache: one dict per layer for incremental decoding (then T is the newest step, usually 1).
 
@@ -261,7 +261,8 @@ class MassModel(nn.Module):
         # nothing: let it attend everywhere, then zero its cross-attention input through the memory.
         empty = ~memory_mask.any(dim=1)
         if bool(empty.any()):
-            memory = memory.masked_fill(empty[:, None, None], 0.0)
+            if memory is not None:
+                memory = memory.masked_fill(empty[:, None, None], 0.0)
             memory_mask = memory_mask | empty[:, None]
         mask = memory_mask[:, None, None, :]
         x = self._embed(tokens, positions, lang, self.decoder_norm)
@@ -317,6 +318,7 @@ def matmul_flops_per_token(cfg: ModelConfig, src_len: float, tgt_len: float) -> 
     """
     d, f = cfg.embed_dim, cfg.ffn_dim
     enc = cfg.encoder_layers * (2 * 4 * d * d + 2 * 2 * d * f + 2 * 2 * src_len * d)
+    enc += cfg.decoder_layers * 2 * 2 * d * d  # every decoder layer projects the encoder states to keys/values
     dec = cfg.decoder_layers * (2 * 4 * d * d + 2 * 2 * d * d + 2 * 2 * d * f + 2 * 2 * (tgt_len + src_len) * d)
     dec += 2 * d * cfg.vocab_size
     return enc, dec
