@@ -46,7 +46,13 @@ def run_demo(run_dir: Path, minutes: float = 15.0, pairs: int = 10_000, test_sen
     """Run the whole comparison and return the Markdown table it prints."""
     run_dir = Path(run_dir)
     src, tgt = "fr", "en"
-    common = ["model.preset=small", "data.max_len=100", "train.eval_interval=100", "train.log_interval=10"]
+    common = [
+        "model.preset=small",
+        "data.max_len=100",
+        "data.max_tokens=1500",
+        "train.eval_interval=100",
+        "train.log_interval=10",
+    ]
     pre = _stage(
         run_dir,
         "pretrain",
