@@ -57,7 +57,7 @@ def run_demo(run_dir: Path, minutes: float = 15.0, pairs: int = 10_000, test_sen
         run_dir,
         "pretrain",
         minutes * SHARES["pretrain"],
-        [*common, "train.max_steps=100000", "optim.lr=0.0007", "optim.warmup_steps=300"],
+        [*common, "train.max_steps=100000", "optim.lr=0.0007", "optim.warmup_steps=100"],
         False,
         src,
         tgt,
@@ -69,7 +69,7 @@ def run_demo(run_dir: Path, minutes: float = 15.0, pairs: int = 10_000, test_sen
         f"data.first_n={pairs}",
         "train.max_steps=100000",
         "optim.lr=0.0005",
-        "optim.warmup_steps=200",
+        "optim.warmup_steps=50",
         "optim.label_smoothing=0.1",
         "generate.beam=1",
     ]
