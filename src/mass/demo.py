@@ -50,7 +50,7 @@ def run_demo(run_dir: Path, minutes: float = 15.0, pairs: int = 10_000, test_sen
         "model.preset=small",
         "data.max_len=100",
         "data.max_tokens=1500",
-        "train.eval_interval=100",
+        "train.eval_interval=50",
         "train.log_interval=10",
     ]
     pre = _stage(
