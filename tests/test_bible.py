@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mass.data import bible
+from mass.data import bible, formats
 from mass.data.bible import (
     build_pair,
     clean_verse,
@@ -215,26 +215,26 @@ def test_build_pair_compressed_and_replaces(tiny_db: Path, tmp_path: Path) -> No
 def test_build_pair_atomic_on_failure(tiny_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "corpus"
     calls = {"n": 0}
-    real = bible._write_lines
+    real = formats._check_line  # called for every line while the corpus is being written
 
-    def failing(path: Path, lines: list[str], compress: bool) -> None:
+    def failing(text: str, where: str) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError("disk full")
-        real(path, lines, compress)
+        real(text, where)
 
-    monkeypatch.setattr(bible, "_write_lines", failing)
+    monkeypatch.setattr(formats, "_check_line", failing)
     with pytest.raises(OSError):
         _build(tiny_db, out)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bible.db"]
 
     # an existing corpus survives a failed rebuild untouched
-    monkeypatch.setattr(bible, "_write_lines", real)
+    monkeypatch.setattr(formats, "_check_line", real)
     _build(tiny_db, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls["n"] = 0
-    monkeypatch.setattr(bible, "_write_lines", failing)
+    monkeypatch.setattr(formats, "_check_line", failing)
     with pytest.raises(OSError):
         _build(tiny_db, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

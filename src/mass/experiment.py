@@ -137,7 +137,11 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
 
     if run.kind == "pretrain":  # the trainer's last validation: MASS perplexity with its seeded masks
         last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "valid_ppl" in r][-1]
-        return {("mass_" + k.removeprefix("valid_")): v for k, v in last.items() if k.startswith("valid_ppl")}
+        return {
+            "mass_ppl" + k[len("valid_ppl") :].replace("_mass", ""): v
+            for k, v in last.items()
+            if k.startswith("valid_ppl")
+        }
     directions = [(run.src, run.tgt)] if run.kind == "finetune" else [(run.src, run.tgt), (run.tgt, run.src)]
     metrics = {}
     for src, tgt in directions:

