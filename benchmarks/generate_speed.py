@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pretrain_speed
 import torch
 from matmul_peak import matmul_gflops
 
@@ -80,29 +81,11 @@ def test_sentences(count: int, length: int, spread: int) -> list[list[int]]:
 
 
 def bart_config(cfg: ModelConfig):
-    """A `BartConfig` of the same size as `cfg`: post-norm, GELU, learned positions, tied embeddings."""
-    from transformers import BartConfig
-
-    return BartConfig(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.embed_dim,
-        encoder_layers=cfg.encoder_layers,
-        decoder_layers=cfg.decoder_layers,
-        encoder_attention_heads=cfg.num_heads,
-        decoder_attention_heads=cfg.num_heads,
-        encoder_ffn_dim=cfg.ffn_dim,
-        decoder_ffn_dim=cfg.ffn_dim,
-        max_position_embeddings=cfg.max_positions,
-        activation_function="gelu",
-        scale_embedding=False,
-        tie_word_embeddings=True,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID,
-        forced_bos_token_id=None,
-        forced_eos_token_id=None,
-    )
+    """The pre-training benchmark's same-size `BartConfig`, set up for generation."""
+    config = pretrain_speed.bart_config(cfg)
+    config.use_cache = True
+    config.forced_bos_token_id = None
+    return config
 
 
 @torch.no_grad()
