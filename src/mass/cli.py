@@ -91,20 +91,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.config import load_config, to_dict
     from mass.tasks import get_task, make_evaluator, task_objective
-    from mass.train import resolve_data_dir, train
+    from mass.train import init_overrides, resolve_data_dir, train
 
     task = get_task(args.task)
     config, overrides = _split_config_args(args)
     defaults = [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()] + [f"data.corpus={task.corpus}"]
     if args.init_from:
-        ckpt = resolve_checkpoint(args.init_from)
-        langs = read_checkpoint_config(ckpt)["data"]["langs"]
-        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]"]
-    if args.scratch:
-        defaults.append("scratch=true")
+        defaults += init_overrides(args.init_from, args.scratch)
     cfg = load_config(config, defaults + overrides)
     if not cfg.objectives:
         cfg.objectives = [task_objective(task, args.src, args.tgt)]
@@ -119,17 +114,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_unsup(args: argparse.Namespace) -> None:
     from mass import distributed
-    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.config import ObjectiveConfig, load_config
     from mass.tasks import get_task, make_evaluator
-    from mass.train import resolve_data_dir, train
+    from mass.train import init_overrides, resolve_data_dir, train
 
     config, overrides = _split_config_args(args)
     defaults = ["data.train_split=unsup", "generate.beam=1"]
     if args.init_from:
-        ckpt = resolve_checkpoint(args.init_from)
-        langs = read_checkpoint_config(ckpt)["data"]["langs"]
-        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]"]
+        defaults += init_overrides(args.init_from)
     cfg = load_config(config, defaults + overrides)
     first, second = cfg.data.langs[:2]
     if not cfg.objectives:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from mass.checkpoint import atomic_write_text, read_checkpoint_config, resolve_checkpoint
+from mass.checkpoint import atomic_write_text
 from mass.config import ObjectiveConfig, from_dict, load_config
 from mass.errors import MassError
 from mass.plots import read_metrics
@@ -99,13 +99,11 @@ def load_study(path: Path) -> Study:
 def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> None:
     from mass import distributed
     from mass.tasks import get_task, make_evaluator, task_objective
-    from mass.train import resolve_data_dir, train
+    from mass.train import init_overrides, resolve_data_dir, train
 
     defaults = [f"run_dir={run_dir}", f"train.time_budget={run.minutes}", "train.max_steps=1000000"]
     if run.init:
-        ckpt = resolve_checkpoint(root / run.init)
-        langs = read_checkpoint_config(ckpt)["data"]["langs"]
-        defaults += [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]", f"scratch={str(run.scratch).lower()}"]
+        defaults += init_overrides(root / run.init, run.scratch)
     task = get_task(run.task)
     if run.kind == "finetune":
         defaults += [f"data.corpus={task.corpus}", "generate.beam=1"]

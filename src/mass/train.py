@@ -87,6 +87,14 @@ def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
     return load_data_dir(path)
 
 
+def init_overrides(init_from: str | Path, scratch: bool = False) -> list[str]:
+    """Config overrides that start a run from a checkpoint: its path and its languages, in its order
+    (the architecture and tokenizer follow from the checkpoint); `scratch` keeps its weights out."""
+    ckpt = resolve_checkpoint(init_from)
+    langs = read_checkpoint_config(ckpt)["data"]["langs"]
+    return [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]", f"scratch={str(scratch).lower()}"]
+
+
 def default_objectives(cfg: Config) -> list[ObjectiveConfig]:
     return cfg.objectives or [ObjectiveConfig(name="mass", lang=lang) for lang in cfg.data.langs]
 
