@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from mass.data.batching import filter_by_length, pad, shard, token_budget_batches
+from mass.batch import pad_sequences
+from mass.data.batching import filter_by_length, shard, token_budget_batches
 
 
 @pytest.fixture
@@ -76,10 +77,10 @@ def test_filter_by_length():
 
 
 def test_pad():
-    out = pad([np.array([5, 6, 7]), [8], []], pad_id=0)
+    out = pad_sequences([np.array([5, 6, 7]), [8], []], pad_id=0)
     assert out.dtype == torch.long
     assert out.tolist() == [[5, 6, 7], [8, 0, 0], [0, 0, 0]]
-    assert pad([], pad_id=0).shape == (0, 0)
+    assert pad_sequences([], pad_id=0).shape == (0, 0)
 
 
 def test_shard_disjoint_equal_counts():

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import torch
 
 
 def token_budget_batches(
@@ -93,15 +90,6 @@ def filter_by_length(lengths: np.ndarray, min_len: int, max_len: int) -> np.ndar
     """Indices (int64) of sentences whose length is within [min_len, max_len], in order."""
     lengths = np.asarray(lengths)
     return np.flatnonzero((lengths >= min_len) & (lengths <= max_len)).astype(np.int64)
-
-
-def pad(seqs: Sequence[np.ndarray | Sequence[int]], pad_id: int) -> torch.Tensor:
-    """Right-pad sequences into a (batch, longest) int64 tensor."""
-    max_len = max((len(s) for s in seqs), default=0)
-    out = np.full((len(seqs), max_len), pad_id, dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        out[row, : len(seq)] = seq
-    return torch.from_numpy(out)
 
 
 def shard(batches: list, rank: int, world_size: int) -> list:
