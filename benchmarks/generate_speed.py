@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -262,12 +261,7 @@ def op_table(run: Callable[[], object], rows: int) -> str:
 
 
 def machine_line(threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = pretrain_speed.cpu_model()
     import transformers
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -299,17 +299,20 @@ def median(system: System, key: str) -> float:
     return statistics.median(w[key] for w in system.windows)
 
 
-def machine_line(threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for the line that dates and places a measurement."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or "unknown CPU"
+
+
+def machine_line(threads: int) -> str:
     import transformers
 
     return (
-        f"{datetime.date.today().isoformat()}, {cpu}, {threads} threads, "
+        f"{datetime.date.today().isoformat()}, {cpu_model()}, {threads} threads, "
         f"torch {torch.__version__}, transformers {transformers.__version__}"
     )
 
