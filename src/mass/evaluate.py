@@ -14,7 +14,7 @@ from mass.checkpoint import atomic_write_text, read_checkpoint_config, resolve_c
 from mass.config import Config, GenerationConfig, from_dict
 from mass.data.binarize import load_data_dir
 from mass.data.corpus import export_corpus, prepare_corpus
-from mass.data.streams import fixed_batches, kept_examples, mass_collate
+from mass.data.streams import VALID_SEED, fixed_batches, kept_examples, mass_collate
 from mass.errors import MassError
 from mass.inference import load_generator
 from mass.objectives import evaluate_loss
@@ -43,7 +43,7 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str) -> dict[str,
     array = data.array(split, lang)
     examples = kept_examples(array.lengths, 1, cfg.model.max_positions - 2)
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
-    batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
+    batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)
     return {"mass_ppl": math.exp(min(stats["nll"] / max(stats["tokens"], 1), 50)), "sentences": float(len(examples))}
 

@@ -34,6 +34,7 @@ from mass.config import Config, ObjectiveConfig, from_dict, save_config, to_dict
 from mass.data.binarize import DataDir, load_data_dir
 from mass.data.corpus import prepare_corpus
 from mass.data.streams import (
+    VALID_SEED,
     BatchStream,
     fixed_batches,
     kept_examples,
@@ -185,13 +186,13 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
             array = data.array(split, obj.src_side)
             examples = kept_examples(array.lengths, 1, cfg.data.max_len, limit=limit)
             collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
-            out[mass_name(obj)] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, 12345, collate)
+            out[mass_name(obj)] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
         elif obj.name in ("translate", "bt") and data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             lengths = pair_lengths(src, tgt)
             examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
-            out[f"{obj.src}-{obj.tgt}"] = fixed_batches(lengths, examples, cfg.data.max_tokens, 12345, collate)
+            out[f"{obj.src}-{obj.tgt}"] = fixed_batches(lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     return out
 
 

@@ -83,6 +83,11 @@ class BatchStream:
         self.epoch, self.cursor, self._batches = int(state["epoch"]), int(state["cursor"]), None
 
 
+# Validation masks are drawn from this seed in training and in `mass evaluate` alike, so their MASS
+# perplexities are comparable.
+VALID_SEED = 12345
+
+
 def fixed_batches(
     lengths: np.ndarray, examples: np.ndarray, max_tokens: int, seed: int, collate: Collate
 ) -> list[Batch]:
