@@ -235,7 +235,7 @@ class PhaseTimes:
             mass.inference.make_decode_step, mass.inference.reorder_cache = make_step, reorder
             for name in ("encode", "decode", "logits"):
                 delattr(model, name)
-        s = self.seconds
+        s = {"reorder KV cache": 0.0, **self.seconds}  # greedy with nothing finished never reorders
         inside = s["reorder KV cache"] + s["decoder layers"] + s["output projection"]
         return {
             "encoder": s["encoder"],

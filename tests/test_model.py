@@ -163,7 +163,7 @@ def test_cached_decoding_continues_correctly_after_reorder(pre_norm):
         memory = model.encode(src, lang)
         cache = model.new_cache()
         decode_stepwise(model, dec[:, :split], pos[:, :split], lang, memory, memory_mask, cache)
-        cache = reorder_cache(cache, index)
+        cache = reorder_cache(cache, index, index)
         # Later steps continue with the reordered rows; their tokens may diverge after the split.
         new_dec = dec[index].clone()
         new_dec[1, split:] = torch.randint(NUM_SPECIAL, VOCAB, (dec.size(1) - split,), generator=gen)

@@ -17,21 +17,29 @@ from mass.generate import DecodeStep, beam_search, greedy_search
 from mass.model import MassModel, ModelConfig, reorder_cache
 
 
-def make_decode_step(model: MassModel, memory: Tensor, memory_mask: Tensor, tgt_lang: Tensor) -> DecodeStep:
+def make_decode_step(
+    model: MassModel, memory: Tensor, memory_mask: Tensor, tgt_lang: Tensor, group: int = 1
+) -> DecodeStep:
     """A `decode_step` over a KV cache: encoder output is computed once, each call decodes one position.
 
     Args:
-        memory: (N, S, D) encoder states, one row per initial search row.
+        memory: (N, S, D) encoder states, one row per sentence.
         memory_mask: (N, S) bool.
-        tgt_lang: (N,) target language ids.
+        tgt_lang: (N * group,) target language ids, one per search row.
+        group: search rows per sentence (the beam size): row r decodes sentence r // group. The search may
+            reorder rows within a sentence and drop whole sentences; the encoder keys/values are then
+            kept once per sentence and reordered only when sentences leave.
     """
     state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(), "step": 0}
 
     def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
         # Rows kept in place (greedy, nothing finished) need no reordering of the cache.
         if parents is not None and not (len(parents) == len(state["lang"]) and bool((parents == state["rows"]).all())):
-            state["cache"] = reorder_cache(state["cache"], parents)
-            state["mask"] = state["mask"].index_select(0, parents)
+            dropped = len(parents) != len(state["lang"])
+            sentences = parents[::group] // group if dropped or group == 1 else None
+            state["cache"] = reorder_cache(state["cache"], parents, sentences)
+            if sentences is not None:
+                state["mask"] = state["mask"].index_select(0, sentences)
             state["lang"] = state["lang"].index_select(0, parents)
         positions = torch.full_like(tokens, state["step"])[:, None]
         hidden = model.decode(tokens[:, None], positions, state["lang"], state["memory"], state["mask"], state["cache"])
@@ -99,9 +107,8 @@ class Generator:
                 no_repeat_ngram=cfg.no_repeat_ngram,
             )
             return [[o] for o in outs]
-        rows = torch.arange(batch, device=self.device).repeat_interleave(beam)
         step = make_decode_step(
-            self.model, memory.index_select(0, rows), mask.index_select(0, rows), torch.full_like(rows, tgt_id)
+            self.model, memory, mask, torch.full((batch * beam,), tgt_id, device=self.device), group=beam
         )
         hyps = beam_search(
             step,

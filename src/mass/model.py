@@ -107,11 +107,19 @@ class Attention(nn.Module):
                     k = torch.cat([cache[key_k], k], dim=2)
                     v = torch.cat([cache[key_v], v], dim=2)
                 cache[key_k], cache[key_v] = k, v
+        rows, heads, length, head_dim = q.shape
+        sentences = k.size(0)
+        if sentences != rows:
+            # Beam search: consecutive groups of rows (a sentence's beams) share one row of encoder keys and
+            # values, so the group's queries attend to it together instead of each row holding a copy.
+            q = q.view(sentences, rows // sentences, heads, length, head_dim).transpose(1, 2)
+            q = q.reshape(sentences, heads, -1, head_dim)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal
         )
-        batch, _, length, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        if sentences != rows:
+            out = out.view(sentences, heads, rows // sentences, length, head_dim).transpose(1, 2)
+        return self.out_proj(out.reshape(rows, heads, length, head_dim).transpose(1, 2).reshape(rows, length, -1))
 
 
 class FeedForward(nn.Module):
@@ -250,8 +258,9 @@ class MassModel(nn.Module):
             tokens: (B, T) decoder input tokens, right-padded.
             positions: (B, T) their position ids (a MASS fragment keeps its original positions).
             lang: (B,) target language ids.
-            memory: (B, S, D) encoder states; None once a cache holds their keys and values.
-            memory_mask: (B, S) bool, True for encoder states the decoder may attend to.
+            memory: (B', S, D) encoder states; None once a cache holds their keys and values. B' = B, or
+                B / g when consecutive groups of g rows (a sentence's beams) share one sentence's states.
+            memory_mask: (B', S) bool, True for encoder states the decoder may attend to.
             cache: one dict per layer for incremental decoding (then T is the newest step, usually 1).
 
         Returns:
@@ -301,9 +310,21 @@ class MassModel(nn.Module):
         return [{} for _ in self.decoder_layers]
 
 
-def reorder_cache(cache: list[LayerCache], index: Tensor) -> list[LayerCache]:
-    """Select rows of every cached tensor: beams are duplicated and finished sentences dropped."""
-    return [{name: t.index_select(0, index) for name, t in layer.items()} for layer in cache]
+def reorder_cache(cache: list[LayerCache], rows: Tensor, sentences: Tensor | None) -> list[LayerCache]:
+    """Select rows of the cache after a search step.
+
+    Args:
+        rows: for the self-attention keys/values, one per decoder row (beams duplicated, finished dropped).
+        sentences: for the cross-attention ones, one per row of encoder states; None keeps them as they are
+            (beam search reorders only within a sentence, whose beams share them).
+    """
+
+    def pick(name: str, t: Tensor) -> Tensor:
+        if name.startswith("cross_"):
+            return t if sentences is None else t.index_select(0, sentences)
+        return t.index_select(0, rows)
+
+    return [{name: pick(name, t) for name, t in layer.items()} for layer in cache]
 
 
 def count_parameters(model: nn.Module) -> int:

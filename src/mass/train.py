@@ -335,7 +335,17 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
     start, metrics = time.perf_counter(), {}
     window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0, "bt_seconds": 0.0}
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
-    bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not info.is_main, dynamic_ncols=True, desc="train")
+    # A time-budgeted run's bar fills with its budget (max_steps is then only a ceiling); otherwise with steps.
+    budget_s = cfg.train.time_budget * 60
+    bar = tqdm(
+        total=round(budget_s) if budget_s else cfg.train.max_steps,
+        initial=0 if budget_s else step,
+        unit="s" if budget_s else "it",
+        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]" if budget_s else None,
+        disable=not info.is_main,
+        dynamic_ncols=True,
+        desc="train",
+    )
     finished = step >= cfg.train.max_steps  # rerunning a finished run changes nothing
     stopped_early = finished
     if finished and info.is_main:
@@ -351,7 +361,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
         for name, (nll, tokens) in update["objectives"].items():
             window_loss[name][0] += nll
             window_loss[name][1] += tokens
-        bar.update(1)
+        bar.update(min(time.perf_counter() - start, budget_s) - bar.n if budget_s else 1)
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
             losses = {f"loss_{n}": nll / tok for n, (nll, tok) in window_loss.items() if tok > 0}
             record = {
@@ -368,7 +378,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             if window["bt_seconds"]:
                 record["bt_generation_share"] = window["bt_seconds"] / max(window["time"], 1e-9)
             log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
+            bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
             window = dict.fromkeys(window, 0.0)
             window_loss = {name: [0.0, 0.0] for name in window_loss}
         over_budget = cfg.train.time_budget > 0 and time.perf_counter() - start > cfg.train.time_budget * 60
