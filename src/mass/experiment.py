@@ -28,7 +28,9 @@ class RunSpec:
     Attributes:
         name: unique within the study; also the run directory's name.
         kind: "pretrain", "finetune" or "unsup".
-        minutes: training time budget.
+        minutes: training budget in wall-clock minutes (when `steps` is 0).
+        steps: training budget in updates: the same run on any machine under any load, so the runs of a
+            sweep get equal training; `minutes` then only shows up in the table as the time it took.
         overrides: dotted config overrides for this run (after the study's `common` ones).
         init: name of an earlier run to start from (its best checkpoint).
         scratch: with `init`: take its architecture and tokenizer, not its weights.
@@ -41,6 +43,7 @@ class RunSpec:
     name: str
     kind: str
     minutes: float = 5.0
+    steps: int = 0
     overrides: list[str] = field(default_factory=list)
     init: str = ""
     scratch: bool = False
@@ -101,7 +104,15 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
     from mass.tasks import get_task, make_evaluator, task_objective
     from mass.train import init_overrides, resolve_data_dir, train
 
-    defaults = [f"run_dir={run_dir}", f"train.time_budget={run.minutes}", "train.max_steps=1000000"]
+    budget = (
+        [f"train.max_steps={run.steps}", "train.time_budget=0"]
+        if run.steps
+        else [
+            f"train.time_budget={run.minutes}",
+            "train.max_steps=1000000",
+        ]
+    )
+    defaults = [f"run_dir={run_dir}", *budget]
     if run.init:
         defaults += init_overrides(root / run.init, run.scratch)
     task = get_task(run.task)
@@ -167,12 +178,15 @@ def run_study(study: Study, root: Path, extra: list[str] = (), test_limit: int =
         run_dir = root / run.name
         done = run_dir / "result.json"
         if not done.is_file():
-            print(f"== {study.name}: {run.name} ({run.kind}, {run.minutes} min)", flush=True)
+            budget = f"{run.steps} updates" if run.steps else f"{run.minutes} min"
+            print(f"== {study.name}: {run.name} ({run.kind}, {budget})", flush=True)
             start = time.perf_counter()
             _train_run(run, run_dir, common, root)
             minutes = (time.perf_counter() - start) / 60
             metrics = _evaluate_run(run, run_dir, test_limit or study.test_limit) if run.evaluate else {}
-            atomic_write_text(done, json.dumps({"metrics": metrics, "train_minutes": minutes}, indent=2))
+            steps = max((r["step"] for r in read_metrics(run_dir / "metrics.jsonl")), default=0)
+            result = {"metrics": metrics, "train_minutes": minutes, "steps": steps}
+            atomic_write_text(done, json.dumps(result, indent=2))
         result = json.loads(done.read_text())
         rows.append({"run": run.name, "kind": run.kind, **run.labels, **result})
     write_results(study, root, rows)
@@ -189,13 +203,13 @@ def write_results(study: Study, root: Path, rows: list[dict]) -> None:
         "",
         study.description.strip(),
         "",
-        "| run | " + " | ".join(label_keys + metric_keys) + " | train min |",
-        "|---" * (len(label_keys) + len(metric_keys) + 2) + "|",
+        "| run | " + " | ".join(label_keys + metric_keys) + " | updates | train min |",
+        "|---" * (len(label_keys) + len(metric_keys) + 3) + "|",
     ]
     for r in rows:
         cells = [str(r.get(k, "")) for k in label_keys]
         cells += [f"{r['metrics'][m]:.2f}" if m in r["metrics"] else "" for m in metric_keys]
-        lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r['train_minutes']:.1f} |")
+        lines.append(f"| {r['run']} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {r['train_minutes']:.1f} |")
     atomic_write_text(root / "results.md", "\n".join(lines) + "\n")
     _plot(study, root, rows)
 
