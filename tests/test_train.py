@@ -92,6 +92,21 @@ def test_loss_falls(data_dir, tmp_path):
     assert (run / "curves.png").is_file()
 
 
+def test_time_budget_counts_across_resumptions(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, "train.max_steps=3"))
+    state = torch.load(latest_checkpoint(run) / "state.pt", weights_only=True)
+    assert state["train_seconds"] > 0.03
+    capsys.readouterr()
+    # More steps allowed, but a budget (0.03 s) that the first 3 steps already used: nothing more happens.
+    train(tiny_config(data_dir, run, "train.max_steps=10", "train.time_budget=0.0005"))
+    assert "already finished at step 3" in capsys.readouterr().out
+    assert latest_checkpoint(run).name == "step_00000003"
+    # A budget with time left continues the run.
+    train(tiny_config(data_dir, run, "train.max_steps=4", "train.time_budget=60"))
+    assert latest_checkpoint(run).name == "step_00000004"
+
+
 def test_resume_equals_uninterrupted_run(data_dir, tmp_path, capsys):
     # dropout on: the resumed run must restore the RNG state, not just the weights and data position
     extra = ("model.dropout=0.1", "model.attention_dropout=0.1", "train.eval_interval=3", "train.save_interval=100")

@@ -72,7 +72,8 @@ class TrainConfig:
 
     Attributes:
         max_steps: optimizer updates to run (the run resumes up to this many).
-        time_budget: stop after this many minutes of training (0 = no limit); the run stays resumable.
+        time_budget: stop after this many minutes of training (0 = no limit), counted across resumptions:
+            rerunning a run that used its budget changes nothing.
         log_interval, eval_interval, save_interval: in updates.
         keep_checkpoints: how many recent checkpoints to keep besides the best.
         patience: stop after this many evaluations without improvement (0 = never).

@@ -266,7 +266,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
     objectives = build_objectives(cfg, data, info)
     valid = build_validation(cfg, data)
 
-    step, best, bad_evals = 0, None, 0
+    step, best, bad_evals, spent = 0, None, 0, 0.0  # spent: training seconds of earlier invocations
     resume = latest_checkpoint(run_dir)
     if resume is not None:
         load_weights(model, resume)
@@ -276,6 +276,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
         for obj in objectives:
             obj.stream.load_state_dict(state["streams"][obj.name])
         step, best, bad_evals = state["step"], state.get("best"), state.get("bad_evals", 0)
+        spent = state.get("train_seconds", 0.0)
         if info.is_main:
             torch.set_rng_state(state["rng"])
         else:
@@ -317,6 +318,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             "best": best,
             "bad_evals": bad_evals,
             "rng": torch.get_rng_state(),  # rank 0's dropout RNG; other ranks reseed from the step
+            "train_seconds": spent + time.perf_counter() - start,  # a resumed run keeps its time budget
         }
         if info.is_main:
             save_checkpoint(
@@ -339,18 +341,19 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
     budget_s = cfg.train.time_budget * 60
     bar = tqdm(
         total=round(budget_s) if budget_s else cfg.train.max_steps,
-        initial=0 if budget_s else step,
+        initial=min(spent, budget_s) if budget_s else step,
         unit="s" if budget_s else "it",
         bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]" if budget_s else None,
         disable=not info.is_main,
         dynamic_ncols=True,
         desc="train",
     )
-    finished = step >= cfg.train.max_steps  # rerunning a finished run changes nothing
+    # Rerunning a finished run (its steps or its time budget used up) changes nothing.
+    finished = step >= cfg.train.max_steps or bool(budget_s and spent >= budget_s)
     stopped_early = finished
     if finished and info.is_main:
         print(f"{run_dir} already finished at step {step}")
-    while step < cfg.train.max_steps:
+    while not finished and step < cfg.train.max_steps:
         tick = time.perf_counter()
         update = _update(ddp, model, objectives, cfg, optimizer, info, step)
         schedule.step()
@@ -361,7 +364,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
         for name, (nll, tokens) in update["objectives"].items():
             window_loss[name][0] += nll
             window_loss[name][1] += tokens
-        bar.update(min(time.perf_counter() - start, budget_s) - bar.n if budget_s else 1)
+        bar.update(min(spent + time.perf_counter() - start, budget_s) - bar.n if budget_s else 1)
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
             losses = {f"loss_{n}": nll / tok for n, (nll, tok) in window_loss.items() if tok > 0}
             record = {
@@ -381,7 +384,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
             window = dict.fromkeys(window, 0.0)
             window_loss = {name: [0.0, 0.0] for name in window_loss}
-        over_budget = cfg.train.time_budget > 0 and time.perf_counter() - start > cfg.train.time_budget * 60
+        over_budget = budget_s > 0 and spent + time.perf_counter() - start > budget_s
         over_budget = distributed.all_reduce_sum([float(over_budget)], info.device)[0] > 0
         if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
             metrics = run_eval()
