@@ -89,8 +89,9 @@ class Attention(nn.Module):
 
         Args:
             query: (B, T, D).
-            keys_values: (B, S, D) for cross-attention; None for self-attention.
-            mask: (B, 1, 1|T, S) bool, True where attention is allowed.
+            keys_values: (B', S, D) for cross-attention, where B' = B or B / g for groups of g consecutive
+                query rows sharing one row (a sentence's beams); None for self-attention.
+            mask: (B', 1, 1|T, S) bool, True where attention is allowed.
             causal: mask future positions (self-attention over a full sequence).
             cache: incremental decoding state; self-attention appends to it, cross-attention fills it once.
             cache_prefix: "self_" or "cross_", the cache keys of this attention.
