@@ -193,6 +193,15 @@ def test_pretrain_unknown_key_in_override(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_overrides_may_follow_the_options(tmp_path, capsys):
+    # The typo is found, so the override after --run-dir was read as an override, not rejected by argparse.
+    assert main(["pretrain", "model.preset=tiny", "--run-dir", str(tmp_path / "run"), "train.max_stpes=3"]) == 1
+    assert "train.max_stpes" in one_line_error(capsys, "pretrain")
+    with pytest.raises(SystemExit) as info:
+        main(["pretrain", "--run-dir", str(tmp_path / "run"), "--no-such-option"])
+    assert info.value.code == 2 and "--no-such-option" in capsys.readouterr().err
+
+
 def test_pretrain_data_dir_not_prepared(tmp_path, capsys):
     not_prepared = tmp_path / "raw"
     not_prepared.mkdir()

@@ -330,7 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may also follow the options (`mass finetune CONFIG --from RUN train.max_steps=900`), which
+    # argparse alone does not allow for a positional list.
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if not hasattr(args, "overrides") or any(arg.startswith("-") or "=" not in arg for arg in rest):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        args.overrides = [*args.overrides, *rest]
     try:
         args.func(args)
     except MassError as e:
