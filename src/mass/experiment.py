@@ -104,14 +104,10 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
     from mass.tasks import get_task, make_evaluator, task_objective
     from mass.train import init_overrides, resolve_data_dir, train
 
-    budget = (
-        [f"train.max_steps={run.steps}", "train.time_budget=0"]
-        if run.steps
-        else [
-            f"train.time_budget={run.minutes}",
-            "train.max_steps=1000000",
-        ]
-    )
+    if run.steps:
+        budget = [f"train.max_steps={run.steps}", "train.time_budget=0"]
+    else:
+        budget = [f"train.time_budget={run.minutes}", "train.max_steps=1000000"]
     defaults = [f"run_dir={run_dir}", *budget]
     if run.init:
         defaults += init_overrides(root / run.init, run.scratch)

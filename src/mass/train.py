@@ -318,7 +318,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             "best": best,
             "bad_evals": bad_evals,
             "rng": torch.get_rng_state(),  # rank 0's dropout RNG; other ranks reseed from the step
-            "train_seconds": spent + time.perf_counter() - start,  # a resumed run keeps its time budget
+            "train_seconds": trained_seconds(),  # a resumed run keeps its time budget
         }
         if info.is_main:
             save_checkpoint(
@@ -335,6 +335,10 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
 
     model.train()
     start, metrics = time.perf_counter(), {}
+
+    def trained_seconds() -> float:  # this invocation's and the earlier ones'
+        return spent + time.perf_counter() - start
+
     window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0, "bt_seconds": 0.0}
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
     # A time-budgeted run's bar fills with its budget (max_steps is then only a ceiling); otherwise with steps.
@@ -364,7 +368,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
         for name, (nll, tokens) in update["objectives"].items():
             window_loss[name][0] += nll
             window_loss[name][1] += tokens
-        bar.update(min(spent + time.perf_counter() - start, budget_s) - bar.n if budget_s else 1)
+        bar.update(min(trained_seconds(), budget_s) - bar.n if budget_s else 1)
         if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
             losses = {f"loss_{n}": nll / tok for n, (nll, tok) in window_loss.items() if tok > 0}
             record = {
@@ -384,7 +388,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
             bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
             window = dict.fromkeys(window, 0.0)
             window_loss = {name: [0.0, 0.0] for name in window_loss}
-        over_budget = budget_s > 0 and spent + time.perf_counter() - start > budget_s
+        over_budget = budget_s > 0 and trained_seconds() > budget_s
         over_budget = distributed.all_reduce_sum([float(over_budget)], info.device)[0] > 0
         if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
             metrics = run_eval()
