@@ -172,8 +172,9 @@ def build_hf(bart, sources: list[list[int]], length: int) -> System:
 def generation_flops(cfg: ModelConfig, src_len: int, batch: int, rows: int, steps: int) -> float:
     """Matmul FLOPs of decoding `batch` sentences padded to `src_len` with `rows` search rows for `steps` steps.
 
-    Encoder once per sentence; the cross-attention keys/values once per row (both systems expand the encoder
-    output to the beams); per row and step: self-attention q/k/v/out, cross-attention q/out, feed-forward,
+    Encoder once per sentence; the cross-attention keys/values once per row (as Hugging Face computes them;
+    this project computes them once per sentence, so for beam search its own ceiling is a few percent higher
+    than this one); per row and step: self-attention q/k/v/out, cross-attention q/out, feed-forward,
     attention scores and values over the steps so far and the source, and the output projection.
     """
     d, f, s = cfg.embed_dim, cfg.ffn_dim, src_len
@@ -242,7 +243,7 @@ class PhaseTimes:
             "decoder layers": s["decoder layers"],
             "output projection": s["output projection"],
             "reorder KV cache": s["reorder KV cache"],
-            "rest of decode_step (memory/mask index_select, log_softmax)": s["decode_step"] - inside,
+            "rest of decode_step (mask/language index_select, log_softmax)": s["decode_step"] - inside,
             "search bookkeeping (topk, history, finalise, ...)": total - s["decode_step"] - s["encoder"],
             "total": total,
         }
