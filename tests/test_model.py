@@ -173,6 +173,26 @@ def test_cached_decoding_continues_correctly_after_reorder(pre_norm):
     torch.testing.assert_close(continued, full[:, split:], atol=ATOL, rtol=0)
 
 
+def test_two_reorders_between_steps_compose():
+    """A cache reordered twice before the next step continues as if reordered once by the composition."""
+    model = build(False)
+    gen = torch.Generator().manual_seed(8)
+    src = random_tokens(gen, [5, 6, 4])
+    dec, pos = decoder_inputs(gen, 3, 5)
+    lang = torch.tensor([0, 1, 1])
+    first, second = torch.tensor([2, 2, 0]), torch.tensor([1, 0])  # rows [0, 2]: one duplicated, one dropped
+    both = first[second]
+    with torch.no_grad():
+        memory = model.encode(src, lang)
+        cache = model.new_cache()
+        decode_stepwise(model, dec[:, :2], pos[:, :2], lang, memory, src != PAD_ID, cache)
+        cache = reorder_cache(reorder_cache(cache, first, first), second, second)
+        args = (dec[both], pos[both], lang[both], memory[both], (src != PAD_ID)[both])
+        continued = decode_stepwise(model, *args, cache, start=2)
+        full = model.decode(*args)
+    torch.testing.assert_close(continued, full[:, 2:], atol=ATOL, rtol=0)
+
+
 # --- rows that see nothing -------------------------------------------------------------------------------
 
 

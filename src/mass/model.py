@@ -57,7 +57,8 @@ def paper() -> ModelConfig:
 PRESETS = {"tiny": tiny, "small": small, "base": base, "paper": paper}
 
 # A per-layer cache: self-attention keys/values grow by one step per call; cross-attention keys/values are
-# computed once from the encoder output.
+# computed once from the encoder output; "self_rows", when present, is a row selection of the self-attention
+# keys/values still to be applied (by the next step, as it appends).
 LayerCache = dict[str, Tensor]
 
 
@@ -105,8 +106,8 @@ class Attention(nn.Module):
             k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
             if cache is not None:
                 if keys_values is None and key_k in cache:
-                    k = torch.cat([cache[key_k], k], dim=2)
-                    v = torch.cat([cache[key_v], v], dim=2)
+                    rows = cache.pop("self_rows", None)
+                    k, v = _append(cache[key_k], k, rows), _append(cache[key_v], v, rows)
                 cache[key_k], cache[key_v] = k, v
         rows, heads, length, head_dim = q.shape
         sentences = k.size(0)
@@ -121,6 +122,22 @@ class Attention(nn.Module):
         if sentences != rows:
             out = out.view(sentences, heads, rows // sentences, length, head_dim).transpose(1, 2)
         return self.out_proj(out.reshape(rows, heads, length, head_dim).transpose(1, 2).reshape(rows, length, -1))
+
+
+def _append(past: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
+    """Cached keys/values (B, H, T, D/H) followed by the newest step's, after selecting `rows` of the cache.
+
+    One copy of the cache per step: selecting the rows writes straight into the grown tensor, where
+    `index_select` then `cat` would copy it twice (the larger part of beam search's cache traffic).
+    """
+    length = past.size(2)
+    out = new.new_empty(new.size(0), new.size(1), length + new.size(2), new.size(3))
+    if rows is None:
+        out[:, :, :length] = past
+    else:
+        torch.index_select(past, 0, rows, out=out[:, :, :length])
+    out[:, :, length:] = new
+    return out
 
 
 class FeedForward(nn.Module):
@@ -320,12 +337,17 @@ def reorder_cache(cache: list[LayerCache], rows: Tensor, sentences: Tensor | Non
             (beam search reorders only within a sentence, whose beams share them).
     """
 
-    def pick(name: str, t: Tensor) -> Tensor:
-        if name.startswith("cross_"):
-            return t if sentences is None else t.index_select(0, sentences)
-        return t.index_select(0, rows)
+    def reorder(layer: LayerCache) -> LayerCache:
+        out = dict(layer)
+        if sentences is not None:
+            out.update({name: t.index_select(0, sentences) for name, t in layer.items() if name.startswith("cross_")})
+        # The self-attention keys/values are selected when the next step appends to them (`_append`).
+        if "self_k" in layer:
+            pending = layer.get("self_rows")
+            out["self_rows"] = rows if pending is None else pending.index_select(0, rows)
+        return out
 
-    return [{name: pick(name, t) for name, t in layer.items()} for layer in cache]
+    return [reorder(layer) for layer in cache]
 
 
 def count_parameters(model: nn.Module) -> int:
