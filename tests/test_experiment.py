@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from mass.checkpoint import latest_checkpoint, load_state
 from mass.errors import MassError
 from mass.experiment import load_study, run_study
 
@@ -74,3 +76,21 @@ def test_bad_study_files(tmp_path):
     bad.write_text("name: [x\n")
     with pytest.raises(MassError, match=r"bad.yaml:\d+"):
         load_study(bad)
+
+
+def test_resumed_run_reports_the_training_time_of_every_invocation(tmp_path, monkeypatch):
+    """A study killed mid-run and restarted reports the run's whole training time, not just the last part."""
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text("name: s\nruns:\n  - name: pre\n    kind: pretrain\n    steps: 2\n    evaluate: false\n")
+    study = load_study(study_file)
+    root = tmp_path / "study"
+    [first] = run_study(study, root, TINY)
+    assert 0 < first["train_minutes"] < 5
+    # As if the process had trained for ten minutes before the kill: the time recorded in the checkpoint.
+    ckpt = latest_checkpoint(root / "pre")
+    state = load_state(ckpt)
+    state["train_seconds"] += 600
+    torch.save(state, ckpt / "state.pt")
+    (root / "pre" / "result.json").unlink()
+    [again] = run_study(study, root, TINY)
+    assert 10 < again["train_minutes"] < 15

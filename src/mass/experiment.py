@@ -9,13 +9,12 @@ resumes where it stopped. Results go to `RUN_ROOT/results.{md,json}` and `RUN_RO
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mass.checkpoint import atomic_write_text
+from mass.checkpoint import atomic_write_text, latest_checkpoint, load_state
 from mass.config import ObjectiveConfig, from_dict, load_config
 from mass.errors import MassError
 from mass.plots import read_metrics
@@ -159,6 +158,13 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
     return metrics
 
 
+def _trained_minutes(run_dir: Path) -> float:
+    """Training time of a run over all its invocations (a killed and resumed run counts each), from the
+    training seconds its last checkpoint carries."""
+    ckpt = latest_checkpoint(run_dir)
+    return load_state(ckpt).get("train_seconds", 0.0) / 60 if ckpt else 0.0
+
+
 def run_study(study: Study, root: Path, extra: list[str] = (), test_limit: int = 0) -> list[dict]:
     """Run (or resume) every run of the study; returns one result row per run.
 
@@ -176,9 +182,8 @@ def run_study(study: Study, root: Path, extra: list[str] = (), test_limit: int =
         if not done.is_file():
             budget = f"{run.steps} updates" if run.steps else f"{run.minutes} min"
             print(f"== {study.name}: {run.name} ({run.kind}, {budget})", flush=True)
-            start = time.perf_counter()
             _train_run(run, run_dir, common, root)
-            minutes = (time.perf_counter() - start) / 60
+            minutes = _trained_minutes(run_dir)
             metrics = _evaluate_run(run, run_dir, test_limit or study.test_limit) if run.evaluate else {}
             steps = max((r["step"] for r in read_metrics(run_dir / "metrics.jsonl")), default=0)
             result = {"metrics": metrics, "train_minutes": minutes, "steps": steps}
