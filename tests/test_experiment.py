@@ -78,7 +78,7 @@ def test_bad_study_files(tmp_path):
         load_study(bad)
 
 
-def test_resumed_run_reports_the_training_time_of_every_invocation(tmp_path, monkeypatch):
+def test_resumed_run_reports_the_training_time_of_every_invocation(tmp_path):
     """A study killed mid-run and restarted reports the run's whole training time, not just the last part."""
     study_file = tmp_path / "s.yaml"
     study_file.write_text("name: s\nruns:\n  - name: pre\n    kind: pretrain\n    steps: 2\n    evaluate: false\n")
