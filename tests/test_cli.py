@@ -252,3 +252,65 @@ def test_installed_command_prints_one_line_and_exits_non_zero(tmp_path, command)
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"mass {command}: error: ") and str(missing) in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def finetuned(run_dir, data_dir, tmp_path_factory) -> Path:
+    """Two fr->en fine-tuning updates from the pre-trained run, through the CLI."""
+    run = tmp_path_factory.mktemp("cli-ft") / "fr-en"
+    overrides = [o for o in tiny_overrides(data_dir, run, "train.max_steps=2") if not o.startswith("model.preset=")]
+    with fast_training():
+        assert main(["finetune", "--from", str(run_dir), "--src", "fr", "--tgt", "en", *overrides]) == 0
+    return run
+
+
+def test_finetune_then_generate_writes_one_line_per_input(finetuned, tmp_path):
+    src = tmp_path / "in.fr"
+    write_lines(src, ["le chat dort", "la maison est grande", "un"])
+    out = tmp_path / "out.en"
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--output", str(out)]
+    assert main(argv) == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    "lines, number, message",
+    [
+        (["le chat", "", "la maison"], 2, "empty line"),
+        (["le chat", "x" * 20_000], 2, "characters, more than"),
+        (["le chat", "le chat " * 400], 2, "subwords, more than the model's"),
+    ],
+    ids=["empty", "too_many_characters", "too_many_subwords"],
+)
+def test_generate_bad_source_line_names_file_and_line(finetuned, tmp_path, capsys, lines, number, message):
+    src = tmp_path / "in.fr"
+    write_lines(src, lines)
+    out = tmp_path / "out.en"
+    assert main(["generate", str(finetuned), "--src", "fr", "--input", str(src), "--output", str(out)]) == 1
+    err = one_line_error(capsys, "generate")
+    assert f"{src}:{number}" in err and message in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_language_not_in_the_model(finetuned, tmp_path, capsys, command):
+    src = tmp_path / "in.de"
+    write_lines(src, ["der Hund"])
+    ref = ["--reference", str(src)] if command == "evaluate" else []
+    assert main([command, str(finetuned), "--src", "de", "--tgt", "en", "--input", str(src), *ref]) == 1
+    err = one_line_error(capsys, command)
+    assert "'de'" in err and "en, fr" in err
+
+
+def test_single_language_model_needs_no_direction(data_dir, tmp_path, capsys):
+    """Summarization and dialogue models have one language: --src/--tgt default to it, not to fr/en."""
+    run = tmp_path / "en-only"
+    overrides = tiny_overrides(data_dir, run, "train.max_steps=1", "data.langs=[en]")
+    with fast_training():
+        assert main(["finetune", *overrides]) == 0
+    assert "en-en" in (run / "metrics.jsonl").read_text()
+    src = tmp_path / "in.en"
+    write_lines(src, ["the cat sleeps"])
+    capsys.readouterr()
+    assert main(["generate", str(run), "--input", str(src)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1

@@ -101,6 +101,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.init_from:
         defaults += init_overrides(args.init_from, args.scratch)
     cfg = load_config(config, defaults + overrides)
+    _direction(args, cfg.data.langs)
     if not cfg.objectives:
         cfg.objectives = [task_objective(task, args.src, args.tgt)]
     obj = cfg.objectives[0]
@@ -146,10 +147,18 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     print((root / "results.md").read_text())
 
 
+def _direction(args: argparse.Namespace, langs: list[str]) -> None:
+    """Fills in --src/--tgt left out: the model's language if it has one (summarization, dialogue), else fr -> en."""
+    args.src = args.src or (langs[0] if len(langs) == 1 else "fr")
+    args.tgt = args.tgt or (langs[0] if len(langs) == 1 else "en")
+
+
 def _load(args: argparse.Namespace):
     from mass.inference import load_generator
 
-    return load_generator(args.checkpoint, args.device)
+    generator = load_generator(args.checkpoint, args.device)
+    _direction(args, generator.langs)
+    return generator
 
 
 def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
@@ -207,7 +216,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
+
+    _direction(args, read_checkpoint_config(resolve_checkpoint(args.checkpoint))["data"]["langs"])
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -235,8 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory (its best checkpoint) or a checkpoint directory")
-    p.add_argument("--src", default="fr", help="source language")
-    p.add_argument("--tgt", default="en", help="target language")
+    p.add_argument("--src", help="source language (default: fr, or the model's only language)")
+    p.add_argument("--tgt", help="target language (default: en, or the model's only language)")
     p.add_argument("--beam", type=int, help="beam size (1 = greedy)")
     p.add_argument("--length-penalty", dest="length_penalty", type=float)
     p.add_argument("--min-len", dest="min_len", type=int)
@@ -279,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="init_from", help="pre-trained checkpoint or run directory")
     p.add_argument("--scratch", action="store_true", help="with --from: its architecture, not its weights")
     p.add_argument("--task", default="mt", help="mt, summarization or dialogue")
-    p.add_argument("--src", default="fr", help="source language (mt)")
-    p.add_argument("--tgt", default="en", help="target language (mt)")
+    p.add_argument("--src", help="source language (default: fr, or the data's only language)")
+    p.add_argument("--tgt", help="target language (default: en, or the data's only language)")
     p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per evaluation")
     p.set_defaults(func=cmd_finetune)
 
