@@ -219,10 +219,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
 
-    _direction(args, read_checkpoint_config(resolve_checkpoint(args.checkpoint))["data"]["langs"])
-
+    ckpt = resolve_checkpoint(args.checkpoint)
+    _direction(args, read_checkpoint_config(ckpt)["data"]["langs"])
     result = evaluate_checkpoint(
-        args.checkpoint,
+        ckpt,
         task_name=args.task,
         src=args.src,
         tgt=args.tgt,
