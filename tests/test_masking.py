@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
 from mass.batch import Batch
+from mass.data.streams import dae_collate
 from mass.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, NUM_SPECIAL, PAD_ID
-from mass.masking import MaskConfig, choose_masked, mass_batch, span_lengths
+from mass.masking import MaskConfig, NoiseConfig, choose_masked, mass_batch, noisy, span_lengths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -369,3 +371,69 @@ def test_same_seed_same_batch_and_other_seed_differs(scheme):
 def test_invalid_config_raises(kwargs):
     with pytest.raises(ValueError):
         MaskConfig(**kwargs)
+
+
+# --- denoising auto-encoder noise (`noisy`, the `dae` objective) ---
+
+
+def _noisy_many(cfg: NoiseConfig, num: int = 2000, length: int = 20) -> list[tuple[list[int], list[int]]]:
+    """(sentence, noisy copy) pairs of distinct tokens, so every output token names its source position."""
+    gen = torch.Generator().manual_seed(3)
+    sentence = torch.arange(NUM_SPECIAL, NUM_SPECIAL + length)
+    return [(sentence.tolist(), noisy(sentence, cfg, gen).tolist()) for _ in range(num)]
+
+
+def test_noise_shuffle_moves_tokens_fewer_than_k_places_and_keeps_them_all():
+    pairs = _noisy_many(NoiseConfig(shuffle=3.0, drop=0.0, blank=0.0))
+    moved = 0
+    for sentence, out in pairs:
+        assert sorted(out) == sentence  # a permutation
+        shifts = [abs(out.index(tok) - i) for i, tok in enumerate(sentence)]
+        assert max(shifts) < 3
+        moved += sum(s > 0 for s in shifts)
+    assert moved > 0.3 * len(pairs) * 20  # it really shuffles
+
+
+def test_noise_without_shuffle_drop_and_blank_is_the_identity():
+    assert all(out == sentence for sentence, out in _noisy_many(NoiseConfig(shuffle=0.0, drop=0.0, blank=0.0), 50))
+
+
+def test_noise_drops_and_blanks_at_their_rates_and_keeps_order():
+    pairs = _noisy_many(NoiseConfig(shuffle=0.0, drop=0.1, blank=0.2))
+    kept = blanked = 0
+    for sentence, out in pairs:
+        real = [tok for tok in out if tok != MASK_ID]
+        assert real == sorted(real) and set(real) <= set(sentence)  # dropped, not moved
+        kept += len(out)
+        blanked += len(out) - len(real)
+    total = len(pairs) * 20
+    assert abs(kept / total - 0.9) < 0.01
+    assert abs(blanked / kept - 0.2) < 0.01
+
+
+def test_noise_keeps_at_least_one_token():
+    gen = torch.Generator().manual_seed(0)
+    outs = [noisy(torch.tensor([7, 8]), NoiseConfig(shuffle=0.0, drop=0.99, blank=0.0), gen) for _ in range(200)]
+    assert all(out.numel() >= 1 for out in outs)
+    assert {tuple(out.tolist()) for out in outs} >= {(7,), (8,)}
+
+
+def test_dae_batch_reconstructs_the_clean_sentence_from_the_noisy_one():
+    array = [np.arange(NUM_SPECIAL, NUM_SPECIAL + n) for n in (3, 8, 5)]
+    collate = dae_collate(array, lang_id=1, cfg=NoiseConfig(shuffle=3.0, drop=0.2, blank=0.2))
+    batch = collate(np.arange(3), torch.Generator().manual_seed(0))
+    for i, sentence in enumerate(array):
+        src = batch.src_tokens[i][batch.src_tokens[i] != PAD_ID].tolist()
+        assert src[-1] == EOS_ID and 1 <= len(src) - 1 <= len(sentence)
+        assert set(src[:-1]) <= set(sentence.tolist()) | {MASK_ID}
+        n = len(sentence)
+        assert batch.dec_tokens[i, : n + 1].tolist() == [BOS_ID, *sentence.tolist()]
+        assert batch.target[i, : n + 1].tolist() == [*sentence.tolist(), EOS_ID]
+        assert batch.dec_positions[i, : n + 1].tolist() == list(range(n + 1))
+    assert batch.src_lang.tolist() == batch.tgt_lang.tolist() == [1, 1, 1]
+    assert bool((batch.memory_mask == (batch.src_tokens != PAD_ID)).all())
+
+
+def test_invalid_noise_raises():
+    with pytest.raises(ValueError, match="noise"):
+        NoiseConfig(drop=1.0)

@@ -251,6 +251,18 @@ def test_translation_objective(data_dir, tmp_path):
     assert "valid_ppl_fr-en" in metrics and "valid_ppl" in metrics
 
 
+def test_denoising_objective_beside_mass(data_dir, tmp_path):
+    """The README's schedule shape: weighted `dae` steps next to `mass`, each logged and validated on its own."""
+    schedule = [{"name": "mass", "lang": "en"}, {"name": "dae", "lang": "en", "weight": 0.5}]
+    path = write_yaml(tmp_path / "dae.yaml", {"objectives": schedule})
+    run = tmp_path / "run"
+    metrics = train(tiny_config(data_dir, run, "train.max_steps=2", "noise.shuffle=2", path=path))
+    records = [r for r in read_log(run) if "loss" in r]
+    assert len(records) == 2 and all(r["loss_dae_en"] > 0 and r["loss_mass_en"] > 0 for r in records)
+    assert metrics["valid_ppl_dae_en"] > 1 and metrics["valid_ppl_mass_en"] > 1
+    assert load_config(run / "config.yaml").noise.shuffle == 2
+
+
 def test_objective_every_n_updates(data_dir, tmp_path):
     schedule = [{"name": "mass", "lang": "en"}, {"name": "mass", "lang": "fr", "every": 2}]
     path = write_yaml(tmp_path / "sched.yaml", {"objectives": schedule})

@@ -1,15 +1,18 @@
-"""Acceptance test of on-the-fly back-translation: a word-for-word cipher learned from non-parallel text.
+"""Acceptance test of unsupervised MT: a word-for-word cipher learned from non-parallel text alone.
 
-Language `a` is random sentences (3-6 words) over 12 one-letter words; language `b` is the same kind of sentence
-through a fixed bijection onto 12 other letters. The `unsup` halves of `a` and `b` are *different* random
-sentences, so nothing in them pairs a sentence with its translation.
+Language `a` has 8 topics. A sentence names its topic with an *anchor* (a capital letter) at both ends and
+in between cycles through the topic's three lowercase words: `D j k l j D`. Language `b` is the same kind of
+text through a fixed cipher of the 24 lowercase words onto Greek letters; the anchors are spelled the same
+in both, as names and numbers are shared by real languages through a joint subword vocabulary. The `unsup`
+halves of `a` and `b` are *different* random sentences: nothing pairs a sentence with its translation.
 
-Without any parallel signal this toy cannot be solved by anyone: the words are uniform and independent, so every
-bijection explains the monolingual data equally well (and a from-scratch MASS + BT run collapses to translating
-every sentence into one fixed output). So, as in semi-supervised MT, a weak seed model is first trained on 30
-parallel pairs; it gets about 80% of the words right. The second run starts from it and sees only the
-non-parallel `unsup` split (MASS on both languages, back-translation both ways, as `mass unsup` schedules them):
-back-translation alone must take it to at least 90% word accuracy, in both directions.
+The anchors are the only bridge, and only a model that carries a shared token over from the source crosses
+it. MASS alone never asks the model to copy anything, and back-translation from a MASS model alone often
+settles on a consistent wrong mapping (topic D of `a` <-> topic H of `b`, cycle-consistent and so never
+corrected). The denoising auto-encoder (`dae`: rebuild a sentence from a shuffled, gapped copy, as in XLM's
+UNMT) teaches copying, so the anchors survive translation and pin down each topic. So, as `mass unsup`
+schedules them: first MASS + DAE on both languages (no translation at all), then the same plus
+back-translation both ways, which must take word accuracy to at least 98% in both directions.
 """
 
 from __future__ import annotations
@@ -31,20 +34,24 @@ from mass.train import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-WORDS_A = list("abcdefghijkl")
-WORDS_B = list("mnopqrstuvwx")
+ANCHORS = list("ABCDEFGH")
+WORDS_A = list("abcdefghijklmnopqrstuvwx")
+WORDS_B = list("αβγδεζηθικλμνξοπρστυφχψω")
+TOPIC = {anchor: WORDS_A[3 * i : 3 * i + 3] for i, anchor in enumerate(ANCHORS)}
 CIPHER = dict(zip(WORDS_A, random.Random(0).sample(WORDS_B, len(WORDS_B)), strict=True))
-DECIPHER = {b: a for a, b in CIPHER.items()}
 GREEDY = GenerationConfig(beam=1)
 
 
 def sentences(n: int, seed: int) -> list[list[str]]:
-    rng = random.Random(seed)
-    return [rng.choices(WORDS_A, k=rng.randint(3, 6)) for _ in range(n)]
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        anchor = rng.choice(ANCHORS)
+        out.append([anchor] + [TOPIC[anchor][i % 3] for i in range(rng.randint(3, 6))] + [anchor])
+    return out
 
 
 def text(sents: list[list[str]], mapping: dict[str, str] | None = None) -> list[str]:
-    return [" ".join(mapping[w] if mapping else w for w in s) for s in sents]
+    return [" ".join(mapping.get(w, w) if mapping else w for w in s) for s in sents]
 
 
 def word_accuracy(hyps: list[str], refs: list[str]) -> float:
@@ -64,23 +71,21 @@ def no_plots(monkeypatch):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """Splits `unsup` (2000 non-parallel sentences per language), `seed` (30 pairs) and `valid` (200 pairs)."""
+    """Splits `unsup` (2000 non-parallel sentences per language) and `valid` (200 pairs, to score only)."""
     root = tmp_path_factory.mktemp("toy")
-    unsup_a, unsup_b = sentences(2000, seed=1), sentences(2000, seed=2)
-    seed, valid = sentences(30, seed=3), sentences(200, seed=4)
+    unsup_a, unsup_b, valid = sentences(2000, seed=1), sentences(2000, seed=2), sentences(200, seed=4)
     files = {
         "unsup": {"a": text(unsup_a), "b": text(unsup_b, CIPHER)},
-        "seed": {"a": text(seed), "b": text(seed, CIPHER)},
         "valid": {"a": text(valid), "b": text(valid, CIPHER)},
     }
     inputs = {
         split: {lang: write_lines(root / "text" / f"{split}.{lang}", lines) for lang, lines in langs.items()}
         for split, langs in files.items()
     }
-    # 5 specials + "▁" + 24 letters + 24 "▁letter" pieces: every word becomes exactly one piece.
-    tok = train_tokenizer([inputs["unsup"]["a"], inputs["unsup"]["b"]], root / "spm", 54)
-    assert all(len(tok.encode(line)) == len(line.split()) for line in files["valid"]["a"] + files["valid"]["b"])
-    return prepare_dir(root / "data", tok.path, inputs, parallel_splits={"seed", "valid"})
+    # The pieces are single letters, "▁" and the anchors with their "▁": no piece spans two words.
+    tok = train_tokenizer([inputs["unsup"]["a"], inputs["unsup"]["b"]], root / "spm", 118)
+    assert all(tok.decode(tok.encode(line)) == line for line in files["valid"]["a"] + files["valid"]["b"])
+    return prepare_dir(root / "data", tok.path, inputs, parallel_splits={"valid"})
 
 
 def run(data_dir: Path, run_dir: Path, objectives: list[dict], *extra: str) -> None:
@@ -90,6 +95,7 @@ def run(data_dir: Path, run_dir: Path, objectives: list[dict], *extra: str) -> N
         "data.langs=[a,b]",
         "data.max_tokens=300",
         "data.max_len=16",
+        "data.train_split=unsup",
         "train.eval_interval=100000",
         "train.save_interval=100000",
         "train.log_interval=25",
@@ -111,32 +117,26 @@ def scores(run_dir: Path, data_dir: Path) -> dict[str, float]:
 
 
 def test_back_translation_learns_the_cipher_from_non_parallel_text(data_dir, tmp_path):
-    seed_run, unsup_run = tmp_path / "seed", tmp_path / "unsup"
-    translate = [{"name": "translate", "src": "a", "tgt": "b"}, {"name": "translate", "src": "b", "tgt": "a"}]
-    run(data_dir, seed_run, translate, "data.train_split=seed", "train.max_steps=100", "optim.lr=0.003")
-    seed_scores = scores(seed_run, data_dir)
-    assert all(0.3 < v < 0.88 for v in seed_scores.values()), seed_scores  # a start well below the bar
+    pretrain_run, unsup_run = tmp_path / "pretrain", tmp_path / "unsup"
+    monolingual = [{"name": name, "lang": lang} for name in ("mass", "dae") for lang in ("a", "b")]
+    run(data_dir, pretrain_run, monolingual, "train.max_steps=200", "optim.lr=0.003")
+    pretrained = scores(pretrain_run, data_dir)
 
-    unsup = [
-        {"name": "mass", "lang": "a"},
-        {"name": "mass", "lang": "b"},
-        {"name": "bt", "src": "a", "tgt": "b"},
-        {"name": "bt", "src": "b", "tgt": "a"},
-    ]
+    back_translation = [{"name": "bt", "src": "a", "tgt": "b"}, {"name": "bt", "src": "b", "tgt": "a"}]
     run(
         data_dir,
         unsup_run,
-        unsup,
-        "data.train_split=unsup",
-        f"init_from={seed_run}",
-        "train.max_steps=250",
-        "optim.lr=0.0015",
+        monolingual + back_translation,
+        f"init_from={pretrain_run}",
+        "train.max_steps=300",
+        "optim.lr=0.003",
     )
     records = [r for r in read_log(unsup_run) if "loss" in r]
     bt_losses = [r["loss_bt_a-b-a"] + r["loss_bt_b-a-b"] for r in records]
     assert all(math.isfinite(v) for v in bt_losses) and bt_losses[-1] < bt_losses[0] / 3, bt_losses
     assert all(0 < r["bt_generation_share"] < 1 for r in records)
+    assert all(r["loss_dae_a"] < 0.3 and r["loss_dae_b"] < 0.3 for r in records[-2:])  # and so is the auto-encoder
 
     final = scores(unsup_run, data_dir)
-    # About 0.8 -> 1.0 with these settings; the seed run alone stays far below the bar.
-    assert all(final[d] >= max(0.9, seed_scores[d] + 0.1) for d in final), (seed_scores, final)
+    # Pre-training alone gets some topics right (0.66-0.89 over seeds); back-translation all of them.
+    assert all(final[d] >= 0.98 and final[d] > pretrained[d] for d in final), (pretrained, final)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from mass.errors import MassError
-from mass.masking import MaskConfig
+from mass.masking import MaskConfig, NoiseConfig
 from mass.model import PRESETS, ModelConfig
 
 
@@ -98,9 +98,10 @@ class TrainConfig:
 class ObjectiveConfig:
     """One entry of the objective schedule (the original's --mass_steps / --bt_steps).
 
-    `mass` uses `lang`; `translate` (any supervised seq2seq task) and `bt` (back-translation) use `src`
-    and `tgt`, the languages of each side (they choose the language embeddings); `bt` with src=en,
-    tgt=fr is the original's `en-fr-en`: translate English into French, learn to recover the English.
+    `mass` and `dae` (denoising auto-encoder, XLM's --ae_steps) use `lang`; `translate` (any supervised
+    seq2seq task) and `bt` (back-translation) use `src` and `tgt`, the languages of each side (they choose
+    the language embeddings); `bt` with src=en, tgt=fr is the original's `en-fr-en`: translate English
+    into French, learn to recover the English.
     The data files default to the language names (`train.fr`, `train.en`); `src_data`/`tgt_data` name
     other sides, e.g. `src` and `tgt` for summarization, where both sides are English. The weight
     scales the loss.
@@ -145,6 +146,7 @@ class Config:
     scratch: bool = False  # with init_from: take its architecture and tokenizer but not its weights
     model: ModelConfig = field(default_factory=ModelConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # for `dae` objectives
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

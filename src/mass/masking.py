@@ -9,6 +9,9 @@ per batch, from the first sentence's length). The variants the paper studies are
   `"full"`: every position, [MASK] outside the span (the paper's figure); `"feed"`: every position with
   the true previous token, so the decoder also gets the tokens the encoder saw (the paper's ablation).
 - `span_tokens=1` is BERT's masked LM; `ratio=1.0` is a standard language model.
+
+`noisy` is the other corruption unsupervised MT uses: the denoising auto-encoder of Lample et al. (2018)
+and XLM's `--ae_steps` (local shuffle, dropped and blanked tokens; the decoder rebuilds the whole sentence).
 """
 
 from __future__ import annotations
@@ -58,6 +61,38 @@ class MaskConfig:
             raise ValueError(f"mask.ratio must be in (0, 1], not {self.ratio}")
         if self.mask_prob + self.random_prob > 1.0 or self.first_prob + self.last_prob > 1.0:
             raise ValueError("mask probabilities must sum to at most 1")
+
+
+@dataclass
+class NoiseConfig:
+    """Denoising auto-encoder noise, applied in this order (XLM's `--word_shuffle/dropout/blank`).
+
+    Attributes:
+        shuffle: local shuffle: token i is sorted by i + U(0, shuffle), so it moves fewer than `shuffle`
+            places (0 or 1: no shuffle).
+        drop: probability that a token is removed (a sentence keeps at least one).
+        blank: probability that a kept token becomes [MASK].
+    """
+
+    shuffle: float = 3.0
+    drop: float = 0.1
+    blank: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.shuffle < 0 or not (0.0 <= self.drop < 1.0 and 0.0 <= self.blank <= 1.0):
+            raise ValueError("noise needs shuffle >= 0, 0 <= drop < 1 and 0 <= blank <= 1")
+
+
+def noisy(sentence: Tensor, cfg: NoiseConfig, generator: torch.Generator) -> Tensor:
+    """A corrupted copy of one sentence (1-D, no BOS/EOS) for the denoising auto-encoder."""
+    length = sentence.numel()
+    keys = torch.arange(length, dtype=torch.float) + torch.rand(length, generator=generator) * cfg.shuffle
+    out = sentence[keys.argsort(stable=True)] if cfg.shuffle > 1 else sentence
+    keep = torch.rand(length, generator=generator) >= cfg.drop
+    if not bool(keep.any()):
+        keep[torch.randint(length, (1,), generator=generator)] = True
+    out = out[keep]
+    return torch.where(torch.rand(out.numel(), generator=generator) < cfg.blank, MASK_ID, out)
 
 
 def span_lengths(lengths: Tensor, cfg: MaskConfig) -> Tensor:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -36,6 +37,8 @@ from mass.data.corpus import prepare_corpus
 from mass.data.streams import (
     VALID_SEED,
     BatchStream,
+    Collate,
+    dae_collate,
     fixed_batches,
     kept_examples,
     mass_collate,
@@ -141,11 +144,8 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
     out = []
     for i, obj in enumerate(objectives):
         seed = cfg.train.seed * 1000 + i
-        if obj.name == "mass":
-            array = data.array(cfg.data.train_split, obj.src_side)
-            collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
-            lengths = array.lengths
-            name = mass_name(obj)
+        if obj.name in ("mass", "dae"):
+            name, collate, lengths = _monolingual(cfg, data, cfg.data.train_split, obj, lang_ids)
         elif obj.name == "translate":
             src, tgt = data.array(cfg.data.train_split, obj.src_side), data.array(cfg.data.train_split, obj.tgt_side)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
@@ -158,7 +158,7 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
             back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
         else:
-            raise MassError(f"unknown objective {obj.name!r} (known: mass, translate, bt)")
+            raise MassError(f"unknown objective {obj.name!r} (known: mass, dae, translate, bt)")
         if obj.every < 1:
             raise MassError(f"objective {name}: every must be >= 1")
         examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
@@ -167,9 +167,21 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
     return out
 
 
-def mass_name(obj: ObjectiveConfig) -> str:
-    """`mass_en`, or `mass_en_src` when the text comes from another data side than the language's."""
-    return f"mass_{obj.lang}" + (f"_{obj.src_data}" if obj.src_data else "")
+def objective_name(obj: ObjectiveConfig) -> str:
+    """`mass_en` / `dae_en`, or `mass_en_src` when the text comes from another data side than the language's."""
+    return f"{obj.name}_{obj.lang}" + (f"_{obj.src_data}" if obj.src_data else "")
+
+
+def _monolingual(
+    cfg: Config, data: DataDir, split: str, obj: ObjectiveConfig, lang_ids: dict[str, int]
+) -> tuple[str, Collate, np.ndarray]:
+    """Name, collate function and sentence lengths of a `mass` or `dae` objective on `split`."""
+    array = data.array(split, obj.src_side)
+    if obj.name == "mass":
+        collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
+    else:
+        collate = dae_collate(array, lang_ids[obj.lang], cfg.noise)
+    return objective_name(obj), collate, array.lengths
 
 
 def _back_translate(model: MassModel, sentences: list, lang: int, via_lang: int) -> Batch:
@@ -182,11 +194,10 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
     lang_ids = {lang: i for i, lang in enumerate(cfg.data.langs)}
     split, limit, out = cfg.data.valid_split, cfg.data.valid_sentences, {}
     for obj in objectives:
-        if obj.name == "mass" and data.has(split, obj.src_side) and mass_name(obj) not in out:
-            array = data.array(split, obj.src_side)
-            examples = kept_examples(array.lengths, 1, cfg.data.max_len, limit=limit)
-            collate = mass_collate(array, lang_ids[obj.lang], cfg.mask, data.vocab_size)
-            out[mass_name(obj)] = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
+        if obj.name in ("mass", "dae") and data.has(split, obj.src_side) and objective_name(obj) not in out:
+            name, collate, lengths = _monolingual(cfg, data, split, obj, lang_ids)
+            examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
+            out[name] = fixed_batches(lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
         elif obj.name in ("translate", "bt") and data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             lengths = pair_lengths(src, tgt)

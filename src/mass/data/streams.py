@@ -15,7 +15,7 @@ import torch
 from mass.batch import Batch, pad_sequences, seq2seq_batch
 from mass.data.batching import filter_by_length, shard, token_budget_batches
 from mass.data.binarize import TokenArray
-from mass.masking import MaskConfig, mass_batch
+from mass.masking import MaskConfig, NoiseConfig, mass_batch, noisy
 
 Collate = Callable[[np.ndarray, torch.Generator], Batch]
 
@@ -116,6 +116,17 @@ def mass_collate(array: TokenArray, lang_id: int, cfg: MaskConfig, vocab_size: i
         lengths = torch.tensor([len(s) for s in sentences], dtype=torch.long)
         lang = torch.full((len(ids),), lang_id, dtype=torch.long)
         return mass_batch(tokens, lengths, lang, cfg, vocab_size, generator)
+
+    return collate
+
+
+def dae_collate(array: TokenArray, lang_id: int, cfg: NoiseConfig) -> Collate:
+    """Monolingual sentences -> denoising auto-encoder batches: rebuild each sentence from a noisy copy."""
+
+    def collate(ids: np.ndarray, generator: torch.Generator) -> Batch:
+        clean = [torch.from_numpy(array[int(i)]) for i in ids]
+        sources = [noisy(s, cfg, generator).tolist() for s in clean]
+        return seq2seq_batch(sources, [s.tolist() for s in clean], lang_id, lang_id)
 
     return collate
 
