@@ -56,6 +56,10 @@ def test_study_runs_end_to_end_at_tiny_size(path, tmp_path, monkeypatch):
     metrics = {m for r in rows for m in r["metrics"]}
     assert set(study.metrics) & metrics, f"none of the study's metrics {study.metrics} were measured ({metrics})"
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    for row, run in zip(rows, study.runs, strict=True):  # a pre-training's mass_ppl is MASS's alone, even beside DAE
+        per_lang = [v for k, v in row["metrics"].items() if k.startswith("mass_ppl_")]
+        if run.kind == "pretrain" and len(per_lang) > 1:
+            assert min(per_lang) * 0.999 <= row["metrics"]["mass_ppl"] <= max(per_lang) * 1.001, row
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["study"] == study.name and len(saved["rows"]) == len(study.runs)
 

@@ -260,6 +260,11 @@ def test_denoising_objective_beside_mass(data_dir, tmp_path):
     records = [r for r in read_log(run) if "loss" in r]
     assert len(records) == 2 and all(r["loss_dae_en"] > 0 and r["loss_mass_en"] > 0 for r in records)
     assert metrics["valid_ppl_dae_en"] > 1 and metrics["valid_ppl_mass_en"] > 1
+    # each objective's own perplexity beside the overall one, which mixes them (token-weighted, so between)
+    assert metrics["valid_ppl_mass"] == pytest.approx(metrics["valid_ppl_mass_en"])
+    assert metrics["valid_ppl_dae"] == pytest.approx(metrics["valid_ppl_dae_en"])
+    low, high = sorted([metrics["valid_ppl_mass"], metrics["valid_ppl_dae"]])
+    assert low < metrics["valid_ppl"] < high
     assert load_config(run / "config.yaml").noise.shuffle == 2
 
 
@@ -296,6 +301,7 @@ def test_checkpoint_contents(trained, data_dir):
     root = trained / "checkpoints"
     evals = [r for r in read_log(trained) if "valid_ppl" in r]
     assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    assert "valid_ppl_mass" not in evals[-1]  # MASS alone: the overall perplexity is MASS's
     best_step = min(evals, key=lambda r: r["valid_ppl"])["step"]
     best = json.loads((root / "best.json").read_text())
     assert best["step"] == best_step and best["checkpoint"] == f"step_{best_step:08d}"

@@ -110,7 +110,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
     evaluator = make_evaluator(cfg, task, data, [obj], args.eval_sentences)
     best = task.best_metric if evaluator is not None or task.metric == "ppl" else "valid_ppl"
-    train(cfg, evaluator=evaluator, best_metric=best)
+    train(cfg, evaluator=evaluator, best_metric=best, data=data)
 
 
 def cmd_unsup(args: argparse.Namespace) -> None:
@@ -135,7 +135,7 @@ def cmd_unsup(args: argparse.Namespace) -> None:
     data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
     directions = [ObjectiveConfig(name="translate", src=a, tgt=b) for a, b in ((first, second), (second, first))]
     evaluator = make_evaluator(cfg, get_task("mt"), data, directions, args.eval_sentences)
-    train(cfg, evaluator=evaluator, best_metric="bleu" if evaluator else "valid_ppl")
+    train(cfg, evaluator=evaluator, best_metric="bleu" if evaluator else "valid_ppl", data=data)
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:

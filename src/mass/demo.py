@@ -34,7 +34,7 @@ def _stage(run_dir: Path, name: str, minutes: float, overrides: list[str], finet
         task = get_task("mt")
         cfg.objectives = [ObjectiveConfig(name="translate", src=src, tgt=tgt)]
         data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
-        train(cfg, make_evaluator(cfg, task, data, cfg.objectives, 100), best_metric="bleu")
+        train(cfg, make_evaluator(cfg, task, data, cfg.objectives, 100), best_metric="bleu", data=data)
     else:
         train(cfg)
     seconds = time.perf_counter() - start

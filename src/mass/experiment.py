@@ -133,7 +133,7 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
         ]
         directions = [ObjectiveConfig(name="translate", src=x, tgt=y) for x, y in ((a, b), (b, a))]
     evaluator = make_evaluator(cfg, task, data, directions, 100)
-    train(cfg, evaluator=evaluator, best_metric=task.best_metric if evaluator else "valid_ppl")
+    train(cfg, evaluator=evaluator, best_metric=task.best_metric if evaluator else "valid_ppl", data=data)
 
 
 def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
@@ -141,11 +141,12 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
 
     if run.kind == "pretrain":  # the trainer's last validation: MASS perplexity with its seeded masks
         last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "valid_ppl" in r][-1]
-        return {
-            "mass_ppl" + k[len("valid_ppl") :].replace("_mass", ""): v
-            for k, v in last.items()
-            if k.startswith("valid_ppl")
-        }
+        out = {"mass_ppl": last.get("valid_ppl_mass", last["valid_ppl"])}  # MASS alone beside DAE steps
+        for key, value in last.items():  # per language: valid_ppl_mass_en -> mass_ppl_en, dae -> dae_ppl_en
+            kind, _, lang = key.removeprefix("valid_ppl_").partition("_")
+            if key.startswith("valid_ppl_") and lang:
+                out[f"{kind}_ppl_{lang}"] = value
+        return out
     directions = [(run.src, run.tgt)] if run.kind == "finetune" else [(run.src, run.tgt), (run.tgt, run.src)]
     metrics = {}
     for src, tgt in directions:

@@ -218,16 +218,30 @@ def inverse_sqrt(warmup: int) -> Callable[[int], float]:
 
 
 def evaluate(model: MassModel, valid: dict[str, list[Batch]], device: torch.device) -> dict[str, float]:
-    """Validation perplexity per objective and overall (token-weighted)."""
-    out, total_nll, total_tokens = {}, 0.0, 0.0
+    """Validation perplexity per stream and overall (token-weighted).
+
+    When MASS or DAE streams share the run with another kind of stream, their own token-weighted
+    perplexity is logged too (`valid_ppl_mass`, `valid_ppl_dae`): the overall one mixes objectives.
+    """
+    out: dict[str, float] = {}
+    sums: dict[str, list[float]] = {}  # "" (all streams), "mass", "dae" -> [nll, tokens]
     for name, batches in valid.items():
         stats = evaluate_loss(model, batches, device)
-        out[f"valid_ppl_{name}"] = math.exp(min(stats["nll"] / max(stats["tokens"], 1), 50))
-        total_nll += stats["nll"]
-        total_tokens += stats["tokens"]
-    if total_tokens:
-        out["valid_ppl"] = math.exp(min(total_nll / total_tokens, 50))
+        out[f"valid_ppl_{name}"] = _perplexity(stats["nll"], stats["tokens"])
+        kind = name.split("_")[0] if name.startswith(("mass_", "dae_")) else "translate"
+        for group in ("", kind):
+            acc = sums.setdefault(group, [0.0, 0.0])
+            acc[0] += stats["nll"]
+            acc[1] += stats["tokens"]
+    if sums.get("", [0, 0])[1]:
+        out["valid_ppl"] = _perplexity(*sums.pop(""))
+    if len(sums) > 1:
+        out.update({f"valid_ppl_{kind}": _perplexity(*sums[kind]) for kind in ("mass", "dae") if kind in sums})
     return out
+
+
+def _perplexity(nll: float, tokens: float) -> float:
+    return math.exp(min(nll / max(tokens, 1), 50))
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -245,13 +259,16 @@ def _trim_log(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "valid_ppl") -> dict[str, float]:
+def train(
+    cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "valid_ppl", data: DataDir | None = None
+) -> dict[str, float]:
     """Train until `train.max_steps` (or the time budget), resuming from the run directory if possible.
 
     Args:
         cfg: the full config; its resolved form is saved in the run directory.
         evaluator: extra evaluation (e.g. BLEU) merged into the validation metrics.
         best_metric: metric that selects the best checkpoint ("ppl"/"loss" in its name: lower is better).
+        data: the data directory, when the caller has already resolved it (to build the evaluator).
 
     Returns:
         The last evaluation's metrics.
@@ -260,7 +277,7 @@ def train(cfg: Config, evaluator: Evaluator | None = None, best_metric: str = "v
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     run_dir = Path(cfg.run_dir)
-    data = resolve_data_dir(cfg, info)
+    data = resolve_data_dir(cfg, info) if data is None else data
     cfg.model = resolve_model_config(cfg, data)
     torch.manual_seed(cfg.train.seed + info.rank)
 
