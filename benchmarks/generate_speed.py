@@ -12,12 +12,19 @@ Same model, same weights: a randomly initialised `MassModel` of the chosen prese
 positions, tied embeddings) is copied into a `BartConfig` of the same size. BART has no language embeddings,
 so ours (one language per side) are folded into BART's encoder (fr) and decoder (en) position tables; with
 that the two compute the same function, which the script checks: greedy outputs must be identical.
+`--checkpoint RUN` uses a trained model instead (e.g. the README's fr->en walkthrough run), copied the same way.
 
 Same amount of work: a random model emits EOS at arbitrary points, so EOS is disabled until the output
 length L (30) on both sides: ours with `GenerationConfig(min_len=L, max_len_a=0, max_len_b=L)`, Hugging Face
 with `min_new_tokens=max_new_tokens=L`. Every sentence (every beam) gets exactly L tokens, which is checked.
 (Beam search here follows fairseq: after L tokens it makes one more decoder call in which EOS is the only
 allowed token, so ours makes L + 1 decoder calls in beam search and L in greedy; Hugging Face makes L in both.)
+
+Real use (`--checkpoint`): a trained model ends its outputs itself, so L is only a cap on both sides (no
+minimum), and Hugging Face gets `early_stopping=True`, the stopping rule ours shares with fairseq (a sentence
+is done when it has `beam` finished hypotheses). Both then stop a sentence at the same point; the difference
+is that ours drops finished sentences from the batch while `generate()` keeps decoding them (padded) until
+the whole batch is done. Greedy outputs must still be identical; beam outputs are compared and reported.
 
 Timed repetitions alternate between the systems (A/B, then B/A, ...) after a warm-up, in one process with the
 same torch threads, under `torch.inference_mode()`. Reported: the median sentences/s of each system, and the
@@ -32,6 +39,7 @@ On a machine shared with other jobs, use `--threads 1`: with every core busy, mu
 matmuls wait on each other and the timings scatter by several times.
 
 Usage: python benchmarks/generate_speed.py [--preset small|tiny] [--reps 5] [--threads N] [--profile]
+       python benchmarks/generate_speed.py --checkpoint runs/fr-en-long --length 100 [--threads N]
 """
 
 from __future__ import annotations
@@ -51,11 +59,12 @@ from matmul_peak import matmul_gflops
 
 import mass.inference
 from mass.batch import pad_sequences
+from mass.checkpoint import resolve_checkpoint
 from mass.config import GenerationConfig
-from mass.data.binarize import load_data_dir
-from mass.data.corpus import prepare_embedded
+from mass.data.binarize import DataDir, load_data_dir
+from mass.data.corpus import prepare_corpus, prepare_embedded
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mass.inference import Generator
+from mass.inference import Generator, load_generator
 from mass.model import PRESETS, MassModel, ModelConfig, count_parameters
 
 VOCAB_SIZE = 8000
@@ -68,9 +77,8 @@ SEED = 1
 # Inputs and models
 
 
-def test_sentences(count: int, length: int, spread: int) -> list[list[int]]:
+def test_sentences(data: DataDir, count: int, length: int, spread: int) -> list[list[int]]:
     """The first `count` French test sentences whose length is within `spread` subwords of `length`."""
-    data = load_data_dir(prepare_embedded(VOCAB_SIZE))
     array = data.array("test", SRC)
     lengths = array.lengths
     picked = [i for i in range(len(array)) if abs(int(lengths[i]) - length) <= spread][:count]
@@ -88,9 +96,9 @@ def bart_config(cfg: ModelConfig):
 
 
 @torch.no_grad()
-def copy_into_bart(ours: MassModel, bart) -> None:
+def copy_into_bart(ours: MassModel, bart, langs: list[str]) -> None:
     """Give `bart` the weights of `ours`, language embeddings folded into the position tables."""
-    lang = {name: ours.embed.langs.weight[LANGS.index(name)] for name in LANGS}
+    lang = {name: ours.embed.langs.weight[langs.index(name)] for name in (SRC, TGT)}
     positions = ours.embed.positions.weight
     offset = bart.model.encoder.embed_positions.offset  # BART's learned positions start at row 2
     bart.model.shared.weight.copy_(ours.embed.tokens.weight)
@@ -126,12 +134,12 @@ class System:
     times: dict[int, list[float]] = field(default_factory=dict)
 
 
-def build_ours(model: MassModel, generator: Generator, sources: list[list[int]], length: int) -> System:
+def build_ours(generator: Generator, sources: list[list[int]], length: int, forced: bool) -> System:
     def run(beam: int) -> list[list[int]]:
         cfg = GenerationConfig(
             beam=beam,
             length_penalty=1.0,
-            min_len=length,
+            min_len=length if forced else 0,
             max_len_a=0.0,
             max_len_b=length,
             no_repeat_ngram=0,
@@ -143,7 +151,7 @@ def build_ours(model: MassModel, generator: Generator, sources: list[list[int]],
     return System("this project", run)
 
 
-def build_hf(bart, sources: list[list[int]], length: int) -> System:
+def build_hf(bart, sources: list[list[int]], length: int, forced: bool) -> System:
     input_ids = pad_sequences([s + [EOS_ID] for s in sources])  # the encoder input ours builds
     attention_mask = (input_ids != PAD_ID).long()
 
@@ -155,7 +163,8 @@ def build_hf(bart, sources: list[list[int]], length: int) -> System:
             do_sample=False,
             use_cache=True,
             max_new_tokens=length,
-            min_new_tokens=length,
+            min_new_tokens=length if forced else 0,
+            **({} if forced else {"early_stopping": True}),
             length_penalty=1.0,
             no_repeat_ngram_size=0,
             num_return_sequences=1,
@@ -164,9 +173,14 @@ def build_hf(bart, sources: list[list[int]], length: int) -> System:
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
         )
-        return out[:, 1:].tolist()  # without the decoder start token
+        return [_until_eos(row) for row in out[:, 1:].tolist()]  # without the decoder start token
 
     return System("Hugging Face", run)
+
+
+def _until_eos(tokens: list[int]) -> list[int]:
+    """An output as ours returns it: cut at its EOS (finished rows are padded after it)."""
+    return tokens[: tokens.index(EOS_ID)] if EOS_ID in tokens else tokens
 
 
 def generation_flops(cfg: ModelConfig, src_len: int, batch: int, rows: int, steps: int) -> float:
@@ -187,10 +201,14 @@ def generation_flops(cfg: ModelConfig, src_len: int, batch: int, rows: int, step
     return float(encoder + cross_kv + decoder)
 
 
-def check_outputs(name: str, outputs: list[list[int]], count: int, length: int) -> None:
+def check_outputs(name: str, outputs: list[list[int]], count: int, length: int, forced: bool) -> None:
     assert len(outputs) == count, f"{name}: {len(outputs)} outputs for {count} sentences"
     for out in outputs:
-        assert len(out) == length and EOS_ID not in out, f"{name}: output of {len(out)} tokens, not {length}"
+        assert EOS_ID not in out and PAD_ID not in out, f"{name}: EOS or padding inside an output"
+        if forced:
+            assert len(out) == length, f"{name}: output of {len(out)} tokens, not {length}"
+        else:
+            assert len(out) <= length, f"{name}: output of {len(out)} tokens, over the cap of {length}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +299,10 @@ def main() -> None:
     parser.add_argument("--preset", choices=["small", "tiny"], default="small")
     parser.add_argument("--sentences", type=int, default=64, help="sentences decoded together in one batch")
     parser.add_argument("--src-len", type=int, default=30, help="source length in subwords (+-2)")
-    parser.add_argument("--length", type=int, default=30, help="output length forced on both systems")
+    parser.add_argument(
+        "--length", type=int, default=30, help="output length forced on both systems (with --checkpoint: a cap)"
+    )
+    parser.add_argument("--checkpoint", help="a trained run or checkpoint (fr->en) instead of a random model")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per system and decoding")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions per system and decoding")
@@ -297,34 +318,44 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
 
-    sources = test_sentences(args.sentences, args.src_len, 2)
-    data = load_data_dir(prepare_embedded(VOCAB_SIZE))
-    cfg = PRESETS[args.preset]()
-    cfg.vocab_size, cfg.num_langs = data.vocab_size, len(LANGS)
-    torch.manual_seed(SEED)
-    model = MassModel(cfg).eval()
+    forced = not args.checkpoint
+    if forced:
+        data = load_data_dir(prepare_embedded(VOCAB_SIZE))
+        cfg = PRESETS[args.preset]()
+        cfg.vocab_size, cfg.num_langs = data.vocab_size, len(LANGS)
+        torch.manual_seed(SEED)
+        generator = Generator(MassModel(cfg).eval(), data.tokenizer(), LANGS)
+        model_name = f"{args.preset} preset"
+    else:
+        generator = load_generator(args.checkpoint)
+        cfg = generator.model.cfg
+        data = load_data_dir(prepare_corpus("bible", resolve_checkpoint(args.checkpoint) / "spm.model"))
+        model_name = f"trained model {args.checkpoint}"
+    model = generator.model
+    sources = test_sentences(data, args.sentences, args.src_len, 2)
     bart = BartForConditionalGeneration(bart_config(cfg)).eval()
-    copy_into_bart(model, bart)
-    generator = Generator(model, data.tokenizer(), LANGS)
-    ours, hf = build_ours(model, generator, sources, args.length), build_hf(bart, sources, args.length)
+    copy_into_bart(model, bart, generator.langs)
+    ours = build_ours(generator, sources, args.length, forced)
+    hf = build_hf(bart, sources, args.length, forced)
     mean_src = sum(map(len, sources)) / len(sources)
     print(
-        f"{args.preset}: {count_parameters(model) / 1e6:.2f}M params (BART {bart.num_parameters() / 1e6:.2f}M), "
+        f"{model_name}: {count_parameters(model) / 1e6:.2f}M params (BART {bart.num_parameters() / 1e6:.2f}M), "
         f"{len(sources)} sentences of {mean_src:.1f} subwords, output length {args.length}, {threads} threads",
         file=sys.stderr,
     )
 
     beams = [1, args.beam]
     peak = matmul_gflops()
-    agreement = {}
+    agreement, out_len = {}, {}
     with torch.inference_mode():
         for beam in beams:  # warm-up, and the check that both do the same work and compute the same function
             for _ in range(args.warmup):
                 outs = {system.name: system.run(beam) for system in (ours, hf)}
             for name, out in outs.items():
-                check_outputs(f"{name} {decoding_name(beam)}", out, len(sources), args.length)
+                check_outputs(f"{name} {decoding_name(beam)}", out, len(sources), args.length, forced)
             same = sum(a == b for a, b in zip(outs[ours.name], outs[hf.name], strict=True))
             agreement[beam] = same / len(sources)
+            out_len[beam] = (sum(map(len, outs[ours.name])) / len(sources), max(map(len, outs[ours.name])))
         assert agreement[1] == 1.0, f"greedy outputs differ on {1 - agreement[1]:.0%} of sentences: not the same model"
         for rep in range(args.reps):
             for beam in beams:
@@ -351,14 +382,23 @@ def main() -> None:
     for beam in beams:
         rate = {s.name: len(sources) / statistics.median(s.times[beam]) for s in (ours, hf)}
         ratio = statistics.median(h / o for o, h in zip(ours.times[beam], hf.times[beam], strict=True))
-        flops = generation_flops(cfg, src_len, len(sources), len(sources) * beam, args.length)
+        # a trained model's outputs end by themselves: count the mean output length (+ the EOS step)
+        steps = args.length if forced else round(out_len[beam][0]) + 1
+        flops = generation_flops(cfg, src_len, len(sources), len(sources) * beam, steps)
         print(
             f"| {decoding_name(beam)} | {rate[ours.name]:.1f} | {rate[hf.name]:.1f} | {ratio:.2f} "
             f"| {len(sources) / (flops / (peak * 1e9)):.1f} | {agreement[beam]:.0%} |"
         )
+    outputs = (
+        f"{args.length} output tokens forced"
+        if forced
+        else "outputs of "
+        + " / ".join(f"{out_len[b][0]:.1f} (at most {out_len[b][1]})" for b in beams)
+        + f" tokens (greedy / beam; cap {args.length})"
+    )
     print(
-        f"\n{machine_line(threads)}; {args.preset} preset ({count_parameters(model) / 1e6:.1f}M params), "
-        f"{len(sources)} sentences of {mean_src:.1f} subwords in one batch, {args.length} output tokens forced; "
+        f"\n{machine_line(threads)}; {model_name} ({count_parameters(model) / 1e6:.1f}M params), "
+        f"{len(sources)} sentences of {mean_src:.1f} subwords in one batch, {outputs}; "
         f"median of {args.reps} alternating repetitions; fp32 matmul peak {peak:.1f} GFLOP/s."
     )
 
