@@ -239,3 +239,37 @@ def test_train_with_a_bt_objective_on_the_unsup_split(data_dir, tmp_path):
         assert 0 < r["bt_generation_share"] < 1
     # The bt objective is validated on the parallel valid split, as en -> fr translation.
     assert math.isfinite(metrics["valid_ppl_en-fr"]) and math.isfinite(metrics["valid_ppl_mass_en"])
+
+
+def test_validation_scores_both_directions_and_their_mean(data_dir, tmp_path):
+    """`mass unsup`'s evaluator: BLEU, chrF and cross-lingual retrieval per direction, each the score of the
+    model's own greedy outputs on the first validation pairs, and their means under the plain names."""
+    from mass.config import ObjectiveConfig
+    from mass.data.binarize import load_data_dir
+    from mass.inference import Generator
+    from mass.metrics import bleu, retrieval_accuracy
+    from mass.tasks import get_task, make_evaluator
+
+    cfg = tiny_config(data_dir, tmp_path / "run", "data.langs=[en,fr]", "generate.max_len_b=8")
+    data = load_data_dir(data_dir)
+    directions = [ObjectiveConfig(name="translate", src=a, tgt=b) for a, b in (("en", "fr"), ("fr", "en"))]
+    evaluator = make_evaluator(cfg, get_task("mt"), data, directions, sentences=10)
+    cfg.model.vocab_size, cfg.model.num_langs = data.vocab_size, 2
+    torch.manual_seed(0)
+    model = MassModel(cfg.model).train()
+    metrics = evaluator(model)
+    assert model.training  # decoding for validation leaves the model as it found it
+
+    generator, tokenizer = Generator(model, data.tokenizer(), ["en", "fr"]), data.tokenizer()
+    for src, tgt in (("en", "fr"), ("fr", "en")):
+        sources = [data.array("valid", src)[i].tolist() for i in range(10)]
+        refs = [data.array("valid", tgt)[i].tolist() for i in range(10)]
+        outputs = generator.generate_ids(sources, src, tgt, cfg.generate)
+        hyps = [tokenizer.decode(o[0]) for o in outputs]
+        expected = bleu(hyps, [tokenizer.decode(r) for r in refs])["bleu"]
+        assert metrics[f"bleu_{src}-{tgt}"] == pytest.approx(expected)
+        vectors = generator.sentence_vectors(sources, src), generator.sentence_vectors(refs, tgt)
+        assert metrics[f"retrieval_{src}-{tgt}"] == pytest.approx(100 * retrieval_accuracy(*vectors))
+    for name in ("bleu", "chrf", "retrieval"):
+        assert metrics[name] == pytest.approx((metrics[f"{name}_en-fr"] + metrics[f"{name}_fr-en"]) / 2)
+        assert 0 <= metrics[name] <= 100

@@ -292,6 +292,25 @@ def test_generate_bad_source_line_names_file_and_line(finetuned, tmp_path, capsy
     assert not out.exists()
 
 
+def test_evaluate_align_retrieves_translations_by_content(finetuned, tmp_path, capsys):
+    """`--task align`: each sentence's nearest neighbour on the other side; the same English text on both sides
+    retrieves every line, the same text in reverse order none (no line is its own reversed partner)."""
+    lines = ["the cat sleeps", "a house is big", "the dog runs fast", "one two three", "rain falls", "we sing"]
+    src, same, reverse = tmp_path / "in.en", tmp_path / "same.en", tmp_path / "reverse.en"
+    for path, text in ((src, lines), (same, lines), (reverse, lines[::-1])):
+        write_lines(path, text)
+    scores = {}
+    for ref in (same, reverse):
+        out = tmp_path / f"{ref.stem}.json"
+        argv = ["evaluate", str(finetuned), "--task", "align", "--src", "en", "--tgt", "en", "--input", str(src)]
+        assert main([*argv, "--reference", str(ref), "--output", str(out)]) == 0
+        scores[ref.stem] = json.loads(out.read_text())["metrics"]
+    assert "retrieval: 100.00" in capsys.readouterr().out  # percentages, like BLEU
+    assert scores["same"]["retrieval"] == 100.0 and scores["same"]["sentences"] == 6
+    assert scores["reverse"]["retrieval"] == 0.0
+    assert scores["same"]["chance"] == pytest.approx(100 / 6)
+
+
 @pytest.mark.parametrize("command", ["generate", "evaluate"])
 def test_language_not_in_the_model(finetuned, tmp_path, capsys, command):
     src = tmp_path / "in.de"

@@ -222,3 +222,16 @@ def test_generation_runs_without_dropout():
     runs = [generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=2, min_len=3)) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     assert model.training
+
+
+def test_sentence_vectors_ignore_padding_and_keep_input_order():
+    """A sentence's vector is the same alone and in a padded batch beside longer ones, and comes back in place."""
+    model = build()
+    generator = Generator(model, tokenizer=None, langs=LANGS)
+    sentences = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+    together = generator.sentence_vectors(sentences, "fr")
+    for i, sentence in enumerate(sentences):
+        alone = generator.sentence_vectors([sentence], "fr")[0]
+        torch.testing.assert_close(together[i], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(together[0], together[1])
+    assert not torch.allclose(generator.sentence_vectors(sentences[:1], "en")[0], together[0])  # languages differ

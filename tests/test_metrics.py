@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from mass.errors import MassError
-from mass.metrics import bleu, chrf, perplexity, rouge
+from mass.metrics import bleu, chrf, perplexity, retrieval_accuracy, rouge
 
 
 def test_bleu_identical_is_100_with_signature():
@@ -81,3 +82,28 @@ def test_length_mismatch_and_empty_raise(metric):
         metric(["a", "b"], ["a"])
     with pytest.raises(MassError, match="no sentences"):
         metric([], [])
+
+
+def test_retrieval_finds_each_translation_by_content():
+    torch.manual_seed(0)
+    queries = torch.randn(50, 16)
+    translations = queries + 0.05 * torch.randn(50, 16)  # each near its own query, in the same order
+    assert retrieval_accuracy(queries, translations) == 1.0
+    swapped = translations[[1, 0, *range(2, 50)]]  # rows 0 and 1 exchanged: those two now miss
+    assert retrieval_accuracy(queries, swapped) == pytest.approx(48 / 50)
+    assert retrieval_accuracy(queries, torch.randn(50, 16)) < 0.2  # unrelated vectors: about chance (1/50)
+
+
+def test_retrieval_ignores_a_language_offset():
+    """A language embedding shifts every state of one side by the same vector; centring removes it (without
+    it, every cosine would be dominated by the shared offset)."""
+    torch.manual_seed(0)
+    queries = torch.randn(40, 8)
+    assert retrieval_accuracy(queries, queries + 100.0) == 1.0
+
+
+def test_retrieval_needs_matching_shapes():
+    with pytest.raises(MassError, match="one shape"):
+        retrieval_accuracy(torch.zeros(3, 4), torch.zeros(2, 4))
+    with pytest.raises(MassError, match="one shape"):
+        retrieval_accuracy(torch.zeros(0, 4), torch.zeros(0, 4))

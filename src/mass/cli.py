@@ -229,13 +229,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         split=args.split,
         input_path=Path(args.input) if args.input else None,
         reference_path=Path(args.reference) if args.reference else None,
-        gen_cfg=_generation_config(args, args.task if args.task != "mass" else "mt"),
+        gen_cfg=_generation_config(args, args.task if args.task not in ("mass", "align") else "mt"),
         device=args.device,
         limit=args.limit,
         output=Path(args.output) if args.output else None,
     )
     for key, value in result["metrics"].items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"{key}: {value:.2f}" if isinstance(value, float) and abs(value) >= 1 else f"{key}: {value:.4g}")
     print(f"wrote {result['path']}")
 
 
@@ -328,9 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(p)
     p.set_defaults(func=cmd_translate)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint: BLEU/chrF, ROUGE, perplexity, MASS perplexity")
+    p = sub.add_parser(
+        "evaluate", help="score a checkpoint: BLEU/chrF, ROUGE, perplexity, MASS perplexity, cross-lingual retrieval"
+    )
     _add_generation_args(p)
-    p.add_argument("--task", default="mt", help="mt, summarization, dialogue or mass")
+    p.add_argument("--task", default="mt", help="mt, summarization, dialogue, mass or align (retrieval)")
     p.add_argument("--split", default="test", help="split of the shipped corpus (default: test)")
     p.add_argument("--input", help="source file instead of the shipped split")
     p.add_argument("--reference", help="reference file (with --input)")

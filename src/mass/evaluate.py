@@ -1,4 +1,8 @@
-"""`mass evaluate`: score a checkpoint on a held-out split or on the user's files; results as JSON."""
+"""`mass evaluate`: score a checkpoint on a held-out split or on the user's files; results as JSON.
+
+Tasks: the fine-tuning tasks (`mt`, `summarization`, `dialogue`), `mass` (MASS perplexity of one language) and
+`align` (cross-lingual sentence retrieval between two languages: does pre-training align them?).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from mass.data.binarize import load_data_dir
 from mass.data.corpus import export_corpus, prepare_corpus
 from mass.data.streams import VALID_SEED, fixed_batches, kept_examples, mass_collate
 from mass.errors import MassError
-from mass.inference import load_generator
+from mass.inference import Generator, load_generator
+from mass.metrics import retrieval_accuracy
 from mass.objectives import evaluate_loss
 from mass.tasks import get_task, read_source_lines, score, text_perplexity
 
@@ -73,7 +78,7 @@ def evaluate_checkpoint(
     if task_name == "mass":
         result["metrics"] = mass_perplexity(ckpt, src, split, device)
     else:
-        task = get_task(task_name)
+        task = get_task("mt" if task_name == "align" else task_name)
         gen_cfg = gen_cfg or task.generate
         generator = load_generator(ckpt, device)
         if input_path is not None:
@@ -86,6 +91,9 @@ def evaluate_checkpoint(
             sources, refs = _shipped_pairs(task.corpus, split, task.src_data or src, task.tgt_data or tgt)
         if limit > 0:
             sources, refs = sources[:limit], refs[:limit]
+        if task_name == "align":
+            result.update(metrics=alignment(generator, sources, refs, src, tgt), src=src, tgt=tgt)
+            return _write(result, output, start)
         with torch.no_grad():
             metrics = {"ppl": text_perplexity(generator, sources, refs, src, tgt)}
             hyps = []
@@ -96,6 +104,27 @@ def evaluate_checkpoint(
         result.update(metrics=metrics, src=src, tgt=tgt, generation=gen_cfg.__dict__)
         if hyps:
             atomic_write_text(output.with_suffix(".hyp.txt"), "\n".join(hyps) + "\n")
+    return _write(result, output, start)
+
+
+def alignment(generator: Generator, sources: list[str], targets: list[str], src: str, tgt: str) -> dict[str, float]:
+    """Cross-lingual retrieval between line-aligned texts, in both directions: the percentage of sentences
+    whose mean encoder state is nearest to their own translation's (chance: 100 / the number of sentences)."""
+    vectors = [
+        generator.sentence_vectors(generator.tokenizer.encode_batch(texts), lang)
+        for texts, lang in ((sources, src), (targets, tgt))
+    ]
+    forward, backward = 100 * retrieval_accuracy(*vectors), 100 * retrieval_accuracy(*reversed(vectors))
+    return {
+        f"retrieval_{src}-{tgt}": forward,
+        f"retrieval_{tgt}-{src}": backward,
+        "retrieval": (forward + backward) / 2,
+        "chance": 100 / len(sources),
+        "sentences": len(sources),
+    }
+
+
+def _write(result: dict, output: Path, start: float) -> dict:
     result["seconds"] = round(time.perf_counter() - start, 1)
     atomic_write_text(output, json.dumps(result, indent=2) + "\n")
     result["path"] = str(output)

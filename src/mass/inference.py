@@ -125,6 +125,25 @@ class Generator:
         )
         return [[h.tokens for h in sentence] for sentence in hyps]
 
+    @torch.no_grad()
+    def sentence_vectors(self, sources: list[list[int]], lang: str, max_tokens: int = 6000) -> torch.Tensor:
+        """(N, D) mean of each sentence's encoder states (its EOS included, padding not), in input order."""
+        lang_id = self.lang_id(lang)
+        was_training = self.model.training
+        self.model.eval()
+        max_src = self.model.cfg.max_positions - 1
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        out = torch.empty(len(sources), self.model.cfg.embed_dim)
+        try:
+            for chunk in _length_batches(order, [min(len(s), max_src) + 1 for s in sources], max_tokens):
+                src = pad_sequences([sources[i][:max_src] + [EOS_ID] for i in chunk]).to(self.device)
+                states = self.model.encode(src, torch.full((len(chunk),), lang_id, device=self.device))
+                mask = (src != PAD_ID).unsqueeze(-1).to(states.dtype)
+                out[chunk] = ((states * mask).sum(1) / mask.sum(1)).float().cpu()
+        finally:
+            self.model.train(was_training)
+        return out
+
     def translate(self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig) -> list[str]:
         """Detokenized best output per sentence."""
         ids = self.tokenizer.encode_batch(sentences)

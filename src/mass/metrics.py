@@ -1,4 +1,4 @@
-"""Evaluation metrics: sacreBLEU's BLEU and chrF, ROUGE, perplexity.
+"""Evaluation metrics: sacreBLEU's BLEU and chrF, ROUGE, perplexity, cross-lingual retrieval.
 
 BLEU and chrF are computed by sacreBLEU on *detokenized* text, so scores are comparable across papers and
 the returned signature says exactly how they were computed. All functions take one reference per
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from mass.errors import MassError
@@ -95,3 +96,24 @@ def perplexity(total_nll: float, num_tokens: int) -> float:
         return math.exp(mean)
     except OverflowError:
         return math.inf
+
+
+def retrieval_accuracy(queries: torch.Tensor, keys: torch.Tensor) -> float:
+    """Fraction of queries whose nearest key (cosine) is their own translation: row i of `keys`.
+
+    The probe of cross-lingual sentence retrieval (as XLM's and LASER's xsim): an encoder whose states
+    do not bring a sentence and its translation together gives back-translation nothing to start from.
+    Each side is centred on its own mean first, so a constant language offset (a language embedding)
+    does not hide the alignment.
+
+    Args:
+        queries: (N, D) one vector per sentence.
+        keys: (N, D) their translations' vectors, in the same order.
+    """
+    if queries.shape != keys.shape or queries.dim() != 2 or len(queries) == 0:
+        shapes = f"{tuple(queries.shape)} and {tuple(keys.shape)}"
+        raise MassError(f"retrieval needs two non-empty (N, D) tensors of one shape, got {shapes}")
+    q = torch.nn.functional.normalize(queries - queries.mean(0), dim=1)
+    k = torch.nn.functional.normalize(keys - keys.mean(0), dim=1)
+    nearest = (q @ k.T).argmax(dim=1)
+    return (nearest == torch.arange(len(q), device=q.device)).float().mean().item()

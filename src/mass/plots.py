@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GENERATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
+GENERATION_METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "retrieval")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -26,10 +26,11 @@ def plot_metrics(log_path: Path, out: Path) -> Path | None:
     if not records:
         return None
     keys = sorted({k for r in records for k in r})
+    generation = [k for k in keys if k.split("_")[0] in GENERATION_METRICS]
     panels = [
         ("training loss (nats/token)", [k for k in keys if k.startswith("loss_")], False),
         ("validation perplexity", [k for k in keys if k.startswith("valid_ppl")], True),
-        ("validation BLEU / chrF / ROUGE", [k for k in keys if k.split("_")[0] in GENERATION_METRICS], False),
+        ("validation BLEU / chrF / ROUGE / retrieval %", generation, False),
     ]
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)

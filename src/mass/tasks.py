@@ -12,7 +12,7 @@ from mass.config import Config, GenerationConfig, ObjectiveConfig
 from mass.data.binarize import DataDir
 from mass.errors import MassError
 from mass.inference import Generator
-from mass.metrics import bleu, chrf, perplexity, rouge
+from mass.metrics import bleu, chrf, perplexity, retrieval_accuracy, rouge
 from mass.model import MassModel
 from mass.objectives import evaluate_loss
 
@@ -95,8 +95,11 @@ def text_perplexity(generator: Generator, sources: list[str], targets: list[str]
 def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[ObjectiveConfig], sentences: int):
     """Validation generation metric: decode the first `sentences` validation sources of each direction.
 
-    With several directions (unsupervised MT scores both), metrics are suffixed with the direction and
-    their mean is reported under the plain name, which then selects the best checkpoint.
+    Translation also reports `retrieval`: the percentage of those sources whose mean encoder state is nearest
+    to their reference's (see `mass.metrics.retrieval_accuracy`), the cross-lingual alignment that
+    unsupervised back-translation needs before its BLEU can move. With several directions (unsupervised MT
+    scores both), metrics are suffixed with the direction and their mean is reported under the plain name,
+    which then selects the best checkpoint.
     """
     if task.metric == "ppl" or sentences <= 0:
         return None
@@ -106,7 +109,7 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
         if data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             n = min(sentences, len(src))
-            refs = [tokenizer.decode(tgt[i].tolist()) for i in range(n)]
+            refs = [tgt[i].tolist() for i in range(n)]
             sets.append((obj, [src[i].tolist() for i in range(n)], refs))
     if not sets:
         return None
@@ -117,7 +120,11 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
         for obj, sources, refs in sets:
             with torch.no_grad():
                 hyps = [tokenizer.decode(o[0]) for o in generator.generate_ids(sources, obj.src, obj.tgt, cfg.generate)]
-            results.append({k: v for k, v in score(task, hyps, refs).items() if isinstance(v, float)})
+            texts = [tokenizer.decode(r) for r in refs]
+            results.append({k: v for k, v in score(task, hyps, texts).items() if isinstance(v, float)})
+            if task.metric == "bleu":
+                vectors = generator.sentence_vectors(sources, obj.src), generator.sentence_vectors(refs, obj.tgt)
+                results[-1]["retrieval"] = 100 * retrieval_accuracy(*vectors)
         if len(results) == 1:
             return results[0]
         metrics = {
