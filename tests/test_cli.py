@@ -292,6 +292,19 @@ def test_generate_bad_source_line_names_file_and_line(finetuned, tmp_path, capsy
     assert not out.exists()
 
 
+def test_evaluate_prints_scores_with_the_sacrebleu_signature(finetuned, tmp_path, capsys):
+    src, ref, out = tmp_path / "in.fr", tmp_path / "ref.en", tmp_path / "scores.json"
+    write_lines(src, ["le chat dort", "la maison est grande"])
+    write_lines(ref, ["the cat sleeps", "the house is big"])
+    argv = ["evaluate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--reference", str(ref)]
+    assert main([*argv, "--output", str(out)]) == 0
+    printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    metrics = json.loads(out.read_text())["metrics"]
+    assert printed["bleu_signature"] == metrics["bleu_signature"] and "nrefs:1" in metrics["bleu_signature"]
+    assert float(printed["bleu"]) == pytest.approx(metrics["bleu"], abs=0.01) and printed["sentences"] == "2"
+    assert len(out.with_suffix(".hyp.txt").read_text().splitlines()) == 2
+
+
 def test_evaluate_align_retrieves_translations_by_content(finetuned, tmp_path, capsys):
     """`--task align`: each sentence's nearest neighbour on the other side; the same English text on both sides
     retrieves every line, the same text in reverse order none (no line is its own reversed partner)."""

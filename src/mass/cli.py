@@ -235,7 +235,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         output=Path(args.output) if args.output else None,
     )
     for key, value in result["metrics"].items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) and abs(value) >= 1 else f"{key}: {value:.4g}")
+        if isinstance(value, float):  # small values (a retrieval % near chance) keep their digits
+            value = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+        print(f"{key}: {value}")
     print(f"wrote {result['path']}")
 
 
