@@ -56,6 +56,11 @@ def test_study_runs_end_to_end_at_tiny_size(path, tmp_path, monkeypatch):
     metrics = {m for r in rows for m in r["metrics"]}
     assert set(study.metrics) & metrics, f"none of the study's metrics {study.metrics} were measured ({metrics})"
     assert (tmp_path / "plot.png").stat().st_size > 1000
+    for row, run in zip(rows, study.runs, strict=True):
+        if run.kind == "unsup":  # both directions' retrieval and their mean, beside BLEU
+            m = row["metrics"]
+            assert m["retrieval"] == pytest.approx((m["retrieval_en-fr"] + m["retrieval_fr-en"]) / 2)
+            assert 0 <= m["retrieval"] <= 100
     for row, run in zip(rows, study.runs, strict=True):  # a pre-training's mass_ppl is MASS's alone, even beside DAE
         per_lang = [v for k, v in row["metrics"].items() if k.startswith("mass_ppl_")]
         if run.kind == "pretrain" and len(per_lang) > 1:

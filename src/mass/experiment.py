@@ -153,6 +153,9 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
         result = evaluate_checkpoint(run_dir, run.task, src, tgt, limit=limit)
         suffix = "" if len(directions) == 1 else f"_{src}-{tgt}"
         metrics.update({f"{k}{suffix}": v for k, v in result["metrics"].items() if isinstance(v, float)})
+    if run.kind == "unsup":  # does the model align the two languages? (what back-translation builds on)
+        aligned = evaluate_checkpoint(run_dir, "align", run.src, run.tgt, limit=limit)["metrics"]
+        metrics.update({k: v for k, v in aligned.items() if k.startswith("retrieval_")})
     if len(directions) > 1:  # both directions of unsupervised MT: also their mean, under the plain name
         names = [k.removesuffix(f"_{directions[0][0]}-{directions[0][1]}") for k in metrics]
         metrics.update({n: sum(metrics[f"{n}_{a}-{b}"] for a, b in directions) / 2 for n in names if "_" not in n})
