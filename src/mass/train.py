@@ -224,19 +224,18 @@ def evaluate(model: MassModel, valid: dict[str, list[Batch]], device: torch.devi
     perplexity is logged too (`valid_ppl_mass`, `valid_ppl_dae`): the overall one mixes objectives.
     """
     out: dict[str, float] = {}
-    sums: dict[str, list[float]] = {}  # "" (all streams), "mass", "dae" -> [nll, tokens]
+    total, by_kind = [0.0, 0.0], {}  # [nll, tokens] over all streams, and per kind: mass, dae, translate
     for name, batches in valid.items():
         stats = evaluate_loss(model, batches, device)
         out[f"valid_ppl_{name}"] = _perplexity(stats["nll"], stats["tokens"])
         kind = name.split("_")[0] if name.startswith(("mass_", "dae_")) else "translate"
-        for group in ("", kind):
-            acc = sums.setdefault(group, [0.0, 0.0])
+        for acc in (total, by_kind.setdefault(kind, [0.0, 0.0])):
             acc[0] += stats["nll"]
             acc[1] += stats["tokens"]
-    if sums.get("", [0, 0])[1]:
-        out["valid_ppl"] = _perplexity(*sums.pop(""))
-    if len(sums) > 1:
-        out.update({f"valid_ppl_{kind}": _perplexity(*sums[kind]) for kind in ("mass", "dae") if kind in sums})
+    if total[1]:
+        out["valid_ppl"] = _perplexity(*total)
+    if len(by_kind) > 1:
+        out.update({f"valid_ppl_{k}": _perplexity(*by_kind[k]) for k in ("mass", "dae") if k in by_kind})
     return out
 
 
