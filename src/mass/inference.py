@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,31 +73,47 @@ class Generator:
     ) -> list[list[list[int]]]:
         """Token ids in, n-best token ids out (in input order), batched by similar length."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
-        was_training = self.model.training
-        self.model.eval()
-        max_src = self.model.cfg.max_positions - 1
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         results: list[list[list[int]]] = [[] for _ in sources]
-        try:
-            for chunk in _length_batches(order, [min(len(s), max_src) + 1 for s in sources], cfg.max_tokens):
-                seqs = [sources[i][:max_src] for i in chunk]
+        with _eval_mode(self.model):
+            for chunk, seqs in self._source_batches(sources, cfg.max_tokens):
                 for i, out in zip(chunk, self._search(seqs, src_id, tgt_id, cfg), strict=True):
                     results[i] = out
-        finally:
-            self.model.train(was_training)
         return results
 
-    def _search(self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig) -> list[list[list[int]]]:
+    @torch.no_grad()
+    def sentence_vectors(self, sources: list[list[int]], lang: str, max_tokens: int = 6000) -> torch.Tensor:
+        """(N, D) mean of each sentence's encoder states (its EOS included, padding not), in input order."""
+        lang_id = self.lang_id(lang)
+        out = torch.empty(len(sources), self.model.cfg.embed_dim)
+        with _eval_mode(self.model):
+            for chunk, seqs in self._source_batches(sources, max_tokens):
+                src, states = self._encode(seqs, lang_id)
+                mask = (src != PAD_ID).unsqueeze(-1).to(states.dtype)
+                out[chunk] = ((states * mask).sum(1) / mask.sum(1)).float().cpu()
+        return out
+
+    def _source_batches(self, sources: list[list[int]], max_tokens: int) -> Iterator[tuple[list[int], list[list[int]]]]:
+        """Batches of similar length within `max_tokens`: their positions in `sources` and their token lists,
+        cut to what the model's positions hold (one is left for `</s>`)."""
+        max_src = self.model.cfg.max_positions - 1
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        for chunk in _length_batches(order, [min(len(s), max_src) + 1 for s in sources], max_tokens):
+            yield chunk, [sources[i][:max_src] for i in chunk]
+
+    def _encode(self, seqs: list[list[int]], lang_id: int) -> tuple[Tensor, Tensor]:
+        """The padded encoder input `seqs </s>` (B, S) on the model's device and its states (B, S, D)."""
         src = pad_sequences([s + [EOS_ID] for s in seqs]).to(self.device)
+        return src, self.model.encode(src, torch.full((src.size(0),), lang_id, dtype=torch.long, device=self.device))
+
+    def _search(self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig) -> list[list[list[int]]]:
+        src, memory = self._encode(seqs, src_id)
         batch = src.size(0)
-        lang = torch.full((batch,), src_id, dtype=torch.long, device=self.device)
-        memory = self.model.encode(src, lang)
         mask = src != PAD_ID
         limit = self.model.cfg.max_positions - 1
         max_len = [min(int(cfg.max_len_a * len(s) + cfg.max_len_b), limit) for s in seqs]
         beam = max(cfg.beam, 1)
         if beam == 1:
-            step = make_decode_step(self.model, memory, mask, torch.full_like(lang, tgt_id))
+            step = make_decode_step(self.model, memory, mask, torch.full((batch,), tgt_id, device=self.device))
             outs = greedy_search(
                 step,
                 batch,
@@ -125,29 +143,21 @@ class Generator:
         )
         return [[h.tokens for h in sentence] for sentence in hyps]
 
-    @torch.no_grad()
-    def sentence_vectors(self, sources: list[list[int]], lang: str, max_tokens: int = 6000) -> torch.Tensor:
-        """(N, D) mean of each sentence's encoder states (its EOS included, padding not), in input order."""
-        lang_id = self.lang_id(lang)
-        was_training = self.model.training
-        self.model.eval()
-        max_src = self.model.cfg.max_positions - 1
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-        out = torch.empty(len(sources), self.model.cfg.embed_dim)
-        try:
-            for chunk in _length_batches(order, [min(len(s), max_src) + 1 for s in sources], max_tokens):
-                src = pad_sequences([sources[i][:max_src] + [EOS_ID] for i in chunk]).to(self.device)
-                states = self.model.encode(src, torch.full((len(chunk),), lang_id, device=self.device))
-                mask = (src != PAD_ID).unsqueeze(-1).to(states.dtype)
-                out[chunk] = ((states * mask).sum(1) / mask.sum(1)).float().cpu()
-        finally:
-            self.model.train(was_training)
-        return out
-
     def translate(self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig) -> list[str]:
         """Detokenized best output per sentence."""
         ids = self.tokenizer.encode_batch(sentences)
         return [self.tokenizer.decode(out[0]) for out in self.generate_ids(ids, src_lang, tgt_lang, cfg)]
+
+
+@contextmanager
+def _eval_mode(model: MassModel) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _length_batches(order: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:

@@ -110,17 +110,16 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             n = min(sentences, len(src))
             refs = [tgt[i].tolist() for i in range(n)]
-            sets.append((obj, [src[i].tolist() for i in range(n)], refs))
+            sets.append((obj, [src[i].tolist() for i in range(n)], refs, [tokenizer.decode(r) for r in refs]))
     if not sets:
         return None
 
     def evaluator(model: MassModel) -> dict[str, float]:
         generator = Generator(model, tokenizer, cfg.data.langs, next(model.parameters()).device)
         results = []
-        for obj, sources, refs in sets:
+        for obj, sources, refs, texts in sets:
             with torch.no_grad():
                 hyps = [tokenizer.decode(o[0]) for o in generator.generate_ids(sources, obj.src, obj.tgt, cfg.generate)]
-            texts = [tokenizer.decode(r) for r in refs]
             results.append({k: v for k, v in score(task, hyps, texts).items() if isinstance(v, float)})
             if task.metric == "bleu":
                 vectors = generator.sentence_vectors(sources, obj.src), generator.sentence_vectors(refs, obj.tgt)
@@ -128,7 +127,7 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
         if len(results) == 1:
             return results[0]
         metrics = {
-            f"{k}_{obj.src}-{obj.tgt}": v for (obj, _, _), r in zip(sets, results, strict=True) for k, v in r.items()
+            f"{k}_{obj.src}-{obj.tgt}": v for (obj, *_), r in zip(sets, results, strict=True) for k, v in r.items()
         }
         metrics.update({k: sum(r[k] for r in results) / len(results) for k in results[0]})
         return metrics
