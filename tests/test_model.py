@@ -117,6 +117,29 @@ def test_language_embeddings_change_outputs():
         assert (model(src, zero, dec, pos, one) - base_logits).abs().amax() > 1e-3  # target language
 
 
+def test_language_agnostic_encoder_ignores_the_source_language_only():
+    model = build()
+    model.cfg.encoder_lang_embed = False
+    gen = torch.Generator().manual_seed(4)
+    src = random_tokens(gen, [6, 4])
+    dec, pos = decoder_inputs(gen, 2, 4)
+    zero, one = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode(src, zero), model.encode(src, one), rtol=0, atol=0)
+        # the encoder equals a standard one whose language embeddings are zero
+        saved = model.embed.langs.weight.clone()
+        model.embed.langs.weight.zero_()
+        model.cfg.encoder_lang_embed = True
+        torch.testing.assert_close(model.encode(src, one), model.encode(src, zero), rtol=0, atol=0)
+        agnostic = model.encode(src, zero)
+        model.embed.langs.weight.copy_(saved)
+        model.cfg.encoder_lang_embed = False
+        torch.testing.assert_close(model.encode(src, one), agnostic, rtol=0, atol=1e-6)
+        # the decoder still tells the target languages apart
+        base_logits = model(src, zero, dec, pos, zero)
+        assert (model(src, zero, dec, pos, one) - base_logits).abs().amax() > 1e-3
+
+
 # --- incremental decoding --------------------------------------------------------------------------------
 
 

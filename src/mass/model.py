@@ -31,6 +31,9 @@ class ModelConfig:
     attention_dropout: float = 0.1
     pre_norm: bool = False
     pad_id: int = 0
+    # False: the encoder gets no language embedding, so a sentence and its translation can only differ in
+    # their words (a language-agnostic encoder for unsupervised MT); the decoder always keeps its language.
+    encoder_lang_embed: bool = True
 
 
 # Size presets: small functions, as in torchtune. Parameter counts are for an 8K vocabulary.
@@ -209,10 +212,11 @@ class Embedding(nn.Module):
         self.langs = nn.Embedding(max(cfg.num_langs, 1), cfg.embed_dim)
         self.max_positions = cfg.max_positions
 
-    def forward(self, tokens: Tensor, positions: Tensor, lang: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, positions: Tensor, lang: Tensor | None) -> Tensor:
         if positions.numel() and int(positions.max()) >= self.max_positions:
             raise ValueError(f"position {int(positions.max())} exceeds max_positions={self.max_positions}")
-        return self.tokens(tokens) + self.positions(positions) + self.langs(lang)[:, None, :]
+        x = self.tokens(tokens) + self.positions(positions)
+        return x if lang is None else x + self.langs(lang)[:, None, :]
 
 
 class MassModel(nn.Module):
@@ -246,7 +250,7 @@ class MassModel(nn.Module):
             if module.padding_idx is not None:
                 nn.init.zeros_(module.weight[module.padding_idx])
 
-    def _embed(self, tokens: Tensor, positions: Tensor, lang: Tensor, norm: nn.LayerNorm) -> Tensor:
+    def _embed(self, tokens: Tensor, positions: Tensor, lang: Tensor | None, norm: nn.LayerNorm) -> Tensor:
         x = self.embed(tokens, positions, lang)
         if not self.cfg.pre_norm:
             x = norm(x)
@@ -256,7 +260,7 @@ class MassModel(nn.Module):
         """Encode right-padded source tokens (B, S) of languages (B,) into states (B, S, D)."""
         positions = torch.arange(tokens.size(1), device=tokens.device).expand_as(tokens)
         mask = (tokens != self.cfg.pad_id)[:, None, None, :]
-        x = self._embed(tokens, positions, lang, self.encoder_norm)
+        x = self._embed(tokens, positions, lang if self.cfg.encoder_lang_embed else None, self.encoder_norm)
         for layer in self.encoder_layers:
             x = layer(x, mask)
         return self.encoder_norm(x) if self.cfg.pre_norm else x
