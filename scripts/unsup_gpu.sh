@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Unsupervised fr<->en on one GPU in about 8 minutes: the unsup study's recipe (configs/studies/unsup.yaml)
+# Unsupervised fr<->en on one GPU in about 12 minutes: the unsup study's recipe (configs/studies/unsup.yaml)
 # with larger batches and wall-clock budgets instead of update counts. A small model leaves a GPU mostly
 # idle, so the runs of each phase share it side by side:
 #   1. MASS pre-training on the non-parallel halves, and the same with a language-agnostic encoder
@@ -8,7 +8,7 @@
 #      (the baseline), with DAE steps added, and the agnostic model with MASS + DAE + back-translation;
 #   3. test BLEU / chrF both ways and cross-lingual retrieval on the first 400 test verses (beam 5).
 # Usage: scripts/unsup_gpu.sh [RUN_ROOT]      (default runs/unsup_gpu)
-# Environment: DEVICE (cuda), PRETRAIN_MIN (2.5), BT_MIN (3.5), MASS (the mass command), EXTRA (overrides
+# Environment: DEVICE (cuda), PRETRAIN_MIN (2.5), BT_MIN (8), MASS (the mass command), EXTRA (overrides
 # added to every run, e.g. "model.preset=tiny" for a smoke run on a CPU).
 set -euo pipefail
 root=${1:-runs/unsup_gpu}
@@ -29,7 +29,7 @@ $mass pretrain --run-dir "$root/pretrain_agnostic" "${pretrain[@]}" model.encode
 wait
 
 unsup=("${common[@]}" optim.lr=0.0005 optim.warmup_steps=50 train.eval_interval=200
-       "train.time_budget=${BT_MIN:-3.5}" "${extra[@]}")
+       "train.time_budget=${BT_MIN:-8}" "${extra[@]}")
 $mass unsup --from "$root/pretrain" --run-dir "$root/unsup_mass" "${unsup[@]}" > "$root/unsup_mass.log" 2>&1 &
 $mass unsup --from "$root/pretrain" --run-dir "$root/unsup_scratch" "${unsup[@]}" scratch=true \
     > "$root/unsup_scratch.log" 2>&1 &
