@@ -337,6 +337,14 @@ def test_init_from_starts_from_the_checkpoint(trained, data_dir, tmp_path):
     assert saved["init_from"] == str(trained)
 
 
+def test_a_run_from_a_checkpoint_keeps_its_language_agnostic_encoder(data_dir, tmp_path):
+    agnostic = tmp_path / "agnostic"
+    train(tiny_config(data_dir, agnostic, "train.max_steps=1", "model.encoder_lang_embed=false"))
+    cfg = load_config(None, [f"data.dir={data_dir}", f"init_from={agnostic}"])  # the field left at its default
+    assert cfg.model.encoder_lang_embed
+    assert not resolve_model_config(cfg, load_data_dir(data_dir)).encoder_lang_embed
+
+
 def test_init_from_with_another_tokenizer(trained, tmp_path):
     other = make_data_dir(tmp_path / "other", vocab_size=150)
     with pytest.raises(MassError, match="vocabulary") as info:
