@@ -235,3 +235,13 @@ def test_sentence_vectors_ignore_padding_and_keep_input_order():
         torch.testing.assert_close(together[i], alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(together[0], together[1])
     assert not torch.allclose(generator.sentence_vectors(sentences[:1], "en")[0], together[0])  # languages differ
+
+
+def test_device_names_resolve_for_each_rank():
+    from mass.distributed import pick_device
+
+    expected = torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+    assert pick_device("auto") == expected  # the CLI's default: the GPU if there is one
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda:3")  # one GPU per torchrun process
+    assert pick_device("cuda:1", local_rank=3) == torch.device("cuda:1")  # an explicit GPU wins
+    assert pick_device("cpu", local_rank=3) == torch.device("cpu")

@@ -257,7 +257,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len-a", dest="max_len_a", type=float)
     p.add_argument("--max-len-b", dest="max_len_b", type=int)
     p.add_argument("--no-repeat-ngram", dest="no_repeat_ngram", type=int)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (the GPU if there is one)")
 
 
 def build_parser() -> argparse.ArgumentParser:

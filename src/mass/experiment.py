@@ -147,14 +147,15 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
             if key.startswith("valid_ppl_") and lang:
                 out[f"{kind}_ppl_{lang}"] = value
         return out
+    device = load_config(run_dir / "config.yaml").train.device  # where the run trained
     directions = [(run.src, run.tgt)] if run.kind == "finetune" else [(run.src, run.tgt), (run.tgt, run.src)]
     metrics = {}
     for src, tgt in directions:
-        result = evaluate_checkpoint(run_dir, run.task, src, tgt, limit=limit)
+        result = evaluate_checkpoint(run_dir, run.task, src, tgt, device=device, limit=limit)
         suffix = "" if len(directions) == 1 else f"_{src}-{tgt}"
         metrics.update({f"{k}{suffix}": v for k, v in result["metrics"].items() if isinstance(v, float)})
     if run.kind == "unsup":  # does the model align the two languages? (what back-translation builds on)
-        aligned = evaluate_checkpoint(run_dir, "align", run.src, run.tgt, limit=limit)["metrics"]
+        aligned = evaluate_checkpoint(run_dir, "align", run.src, run.tgt, device=device, limit=limit)["metrics"]
         metrics.update({k: v for k, v in aligned.items() if k.startswith("retrieval_")})
     if len(directions) > 1:  # both directions of unsupervised MT: also their mean, under the plain name
         names = [k.removesuffix(f"_{directions[0][0]}-{directions[0][1]}") for k in metrics]

@@ -14,6 +14,7 @@ from mass.batch import pad_sequences
 from mass.checkpoint import load_weights, read_checkpoint_config, resolve_checkpoint
 from mass.config import GenerationConfig, from_dict
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mass.distributed import pick_device
 from mass.errors import MassError
 from mass.generate import DecodeStep, beam_search, greedy_search
 from mass.model import MassModel, ModelConfig, reorder_cache
@@ -181,6 +182,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     spm = ckpt / "spm.model"
     if not spm.is_file():
         raise MassError("checkpoint has no spm.model beside its weights", ckpt)
-    device = torch.device(device)
+    device = pick_device(str(device))  # "auto": the GPU if there is one
     model.to(device).eval()
     return Generator(model, Tokenizer(spm), list(saved["data"]["langs"]), device)
