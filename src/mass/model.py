@@ -1,9 +1,10 @@
 """The MASS encoder-decoder Transformer, in one file.
 
-Learned positions and language embeddings on both sides, tied input/output embeddings, pre- or post-norm,
-GELU, `scaled_dot_product_attention`, and a key/value cache for incremental decoding. The decoder takes
-explicit position ids because MASS feeds it a *fragment* of a sentence at the fragment's original
-positions; the cross-attention takes an explicit mask because MASS hides the masked encoder states.
+Learned positions and language embeddings on both sides (the encoder's optional), tied input/output
+embeddings, pre- or post-norm, GELU, `scaled_dot_product_attention`, and a key/value cache for incremental
+decoding. The decoder takes explicit position ids because MASS feeds it a *fragment* of a sentence at the
+fragment's original positions; the cross-attention takes an explicit mask because MASS hides the masked
+encoder states.
 """
 
 from __future__ import annotations
