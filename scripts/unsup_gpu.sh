@@ -20,13 +20,18 @@ common=(model.preset=small model.dropout=0.0 model.attention_dropout=0.0 data.ma
 dae='{name: mass, lang: en}, {name: mass, lang: fr}, {name: dae, lang: en}, {name: dae, lang: fr}'
 bt='{name: bt, src: en, tgt: fr}, {name: bt, src: fr, tgt: en}'
 mkdir -p "$root"
+wait_all() {  # every background run of the phase, failing if one failed (see its log)
+    local failed=0 pid
+    for pid in $(jobs -p); do wait "$pid" || failed=1; done
+    return "$failed"
+}
 
 pretrain=("${common[@]}" data.train_split=unsup optim.lr=0.001 optim.warmup_steps=100 train.eval_interval=1000
           "train.time_budget=${PRETRAIN_MIN:-2.5}" "${extra[@]}")
 $mass pretrain --run-dir "$root/pretrain" "${pretrain[@]}" > "$root/pretrain.log" 2>&1 &
 $mass pretrain --run-dir "$root/pretrain_agnostic" "${pretrain[@]}" model.encoder_lang_embed=false \
     "objectives=[$dae]" > "$root/pretrain_agnostic.log" 2>&1 &
-wait
+wait_all
 
 unsup=("${common[@]}" optim.lr=0.0005 optim.warmup_steps=50 train.eval_interval=200
        "train.time_budget=${BT_MIN:-8}" "${extra[@]}")
@@ -37,7 +42,7 @@ $mass unsup --from "$root/pretrain" --run-dir "$root/unsup_mass_dae" "${unsup[@]
     > "$root/unsup_mass_dae.log" 2>&1 &
 $mass unsup --from "$root/pretrain_agnostic" --run-dir "$root/unsup_agnostic_dae" "${unsup[@]}" \
     "objectives=[$dae, $bt]" > "$root/unsup_agnostic_dae.log" 2>&1 &
-wait
+wait_all
 
 runs=(unsup_mass unsup_scratch unsup_mass_dae unsup_agnostic_dae)
 for run in "${runs[@]}"; do
@@ -49,7 +54,7 @@ for run in "${runs[@]}"; do
         $mass evaluate "$root/$run" --task align --src en --tgt fr --device "$device" --limit 400 | grep '^retrieval:'
     } > "$root/$run.scores" 2> "$root/$run.eval.log" &
 done
-wait
+wait_all
 for run in "${runs[@]}"; do
     echo "$run: $(tr '\n' ' ' < "$root/$run.scores")"
 done
