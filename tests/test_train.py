@@ -366,3 +366,31 @@ def test_init_from_same_size_but_different_tokenizer(trained, data_dir, tmp_path
 def test_init_from_with_other_languages(trained, data_dir, tmp_path):
     with pytest.raises(MassError, match="languages"):
         train(tiny_config(data_dir, tmp_path / "run", f"init_from={trained}", "data.langs=[fr, en]"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights_and_resumes_exactly(data_dir, tmp_path, precision):
+    extra = ("optim.lr=0.003", "optim.warmup_steps=5", "train.eval_interval=100", "train.save_interval=100")
+    full, fp32 = tmp_path / "full", tmp_path / "fp32"
+    train(tiny_config(data_dir, fp32, *extra, "train.max_steps=12"))
+    train(tiny_config(data_dir, full, *extra, "train.max_steps=12", f"train.precision={precision}"))
+    mixed, exact = train_losses(full), train_losses(fp32)
+    # autocast is on (the losses differ from fp32's) and close to it (same batches, same initial weights)
+    assert mixed[1] != exact[1] and mixed[1] == pytest.approx(exact[1], abs=0.05)
+    assert sum(mixed[s] for s in range(8, 13)) / 5 < sum(mixed[s] for s in range(1, 6)) / 5 - 0.3
+    weights = final_weights(full)
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    state = torch.load(latest_checkpoint(full) / "state.pt", weights_only=True)
+    assert bool(state["scaler"]) == (precision == "fp16")  # loss scale saved for fp16 only
+
+    # Interrupted at step 6 and resumed: the same weights as the uninterrupted run (loss scale restored).
+    part = tmp_path / "part"
+    for steps in (6, 12):
+        train(tiny_config(data_dir, part, *extra, f"train.max_steps={steps}", f"train.precision={precision}"))
+    assert_same_weights(weights, final_weights(part))
+    assert torch.load(latest_checkpoint(part) / "state.pt", weights_only=True)["scaler"] == state["scaler"]
+
+
+def test_unknown_precision_is_an_error(data_dir, tmp_path):
+    with pytest.raises(MassError, match="precision must be one of fp32, bf16, fp16, not 'fp8'"):
+        tiny_config(data_dir, tmp_path / "run", "train.precision=fp8")

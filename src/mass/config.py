@@ -19,6 +19,8 @@ from mass.errors import MassError
 from mass.masking import MaskConfig, NoiseConfig
 from mass.model import PRESETS, ModelConfig
 
+PRECISIONS = ("fp32", "bf16", "fp16")  # train.precision
+
 
 @dataclass
 class DataConfig:
@@ -80,6 +82,8 @@ class TrainConfig:
         seed: seeds data order, masking, dropout and initialisation.
         device: "auto", "cpu", "cuda" or "cuda:N".
         threads: CPU threads for torch (0 = torch's default).
+        precision: "fp32", or "bf16" / "fp16" autocast for the forward passes (weights, gradients and Adam
+            stay fp32; fp16 adds dynamic loss scaling). For GPUs: CPUs without bf16 units run it far slower.
     """
 
     max_steps: int = 2000
@@ -92,6 +96,11 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"
     threads: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
 @dataclass

@@ -207,6 +207,20 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
     return out
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward passes (`train.precision`); fp32 runs as written.
+
+    Matmuls run in the low precision while the weights, gradients and optimizer state stay fp32 (losses are
+    taken in fp32 by `seq2seq_loss`); so checkpoints are the same fp32 safetensors whatever the precision.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_DTYPES[precision])
+
+
 def inverse_sqrt(warmup: int) -> Callable[[int], float]:
     """Linear warm-up to the peak learning rate, then decay with 1/sqrt(step)."""
 
@@ -290,6 +304,8 @@ def train(
         weight_decay=cfg.optim.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(cfg.optim.warmup_steps))
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and fp32 needs nothing.
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.precision == "fp16")
     objectives = build_objectives(cfg, data, info)
     valid = build_validation(cfg, data)
 
@@ -300,6 +316,8 @@ def train(
         state = load_state(resume)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         for obj in objectives:
             obj.stream.load_state_dict(state["streams"][obj.name])
         step, best, bad_evals = state["step"], state.get("best"), state.get("bad_evals", 0)
@@ -340,6 +358,7 @@ def train(
         state = {
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),  # empty unless fp16
             "streams": {obj.name: obj.stream.state_dict() for obj in objectives},
             "step": step,
             "best": best,
@@ -386,7 +405,7 @@ def train(
         print(f"{run_dir} already finished at step {step}")
     while not finished and step < cfg.train.max_steps:
         tick = time.perf_counter()
-        update = _update(ddp, model, objectives, cfg, optimizer, info, step)
+        update = _update(ddp, model, objectives, cfg, optimizer, scaler, info, step)
         schedule.step()
         step += 1
         window["time"] += time.perf_counter() - tick
@@ -451,12 +470,14 @@ def _update(
     objectives: list[Objective],
     cfg: Config,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     info: distributed.DistInfo,
     step: int,
 ) -> dict:
     """One optimizer update over the active objectives' micro-batches; returns global loss/token counts.
 
     Args:
+        scaler: fp16 loss scaling (a no-op when disabled): it skips an update whose gradients overflowed.
         step: the update's 0-based index; an objective with `every = n` takes part when n divides it.
     """
     accum = cfg.optim.accum_steps
@@ -464,7 +485,8 @@ def _update(
     micro, bt_seconds = [], 0.0
     for obj in objectives:
         tick = time.perf_counter()
-        micro.append([obj.next_batch(model).to(info.device) for _ in range(accum)])
+        with autocast(info.device, cfg.train.precision):  # back-translation generates here
+            micro.append([obj.next_batch(model).to(info.device) for _ in range(accum)])
         if obj.back_translate is not None:
             bt_seconds += time.perf_counter() - tick
     local = [sum(b.num_target_tokens for b in batches) for batches in micro]
@@ -476,14 +498,17 @@ def _update(
         for j, batch in enumerate(batches):
             sync = (i, j) == last or not info.enabled
             with contextlib.nullcontext() if sync else ddp.no_sync():
-                loss, stats = seq2seq_loss(ddp, batch, cfg.optim.label_smoothing)
-                (loss * scale).backward()
+                with autocast(info.device, cfg.train.precision):
+                    loss, stats = seq2seq_loss(ddp, batch, cfg.optim.label_smoothing)
+                scaler.scale(loss * scale).backward()
             nll_sums[i] += stats["nll"]
             src_tokens += float((batch.src_tokens != model.cfg.pad_id).sum())
             sentences += batch.src_tokens.size(0)
     clip = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
+    scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     reduced = distributed.all_reduce_sum([*nll_sums, src_tokens, sentences], info.device)
     return {
