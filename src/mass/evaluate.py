@@ -7,7 +7,6 @@ Tasks: the fine-tuning tasks (`mt`, `summarization`, `dialogue`), `mass` (MASS p
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from mass.data.corpus import export_corpus, prepare_corpus
 from mass.data.streams import VALID_SEED, fixed_batches, kept_examples, mass_collate
 from mass.errors import MassError
 from mass.inference import Generator, load_generator
-from mass.metrics import retrieval_accuracy
+from mass.metrics import perplexity, retrieval_accuracy
 from mass.objectives import evaluate_loss
 from mass.tasks import get_task, read_source_lines, score, text_perplexity
 
@@ -50,7 +49,7 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str) -> dict[str,
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
     batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)
-    return {"mass_ppl": math.exp(min(stats["nll"] / max(stats["tokens"], 1), 50)), "sentences": float(len(examples))}
+    return {"mass_ppl": perplexity(stats["nll"], stats["tokens"]), "sentences": float(len(examples))}
 
 
 def evaluate_checkpoint(

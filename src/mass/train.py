@@ -47,6 +47,7 @@ from mass.data.streams import (
     sentence_collate,
 )
 from mass.errors import MassError
+from mass.metrics import perplexity
 from mass.model import MassModel, ModelConfig
 from mass.objectives import back_translate, evaluate_loss, seq2seq_loss
 
@@ -241,20 +242,18 @@ def evaluate(model: MassModel, valid: dict[str, list[Batch]], device: torch.devi
     total, by_kind = [0.0, 0.0], {}  # [nll, tokens] over all streams, and per kind: mass, dae, translate
     for name, batches in valid.items():
         stats = evaluate_loss(model, batches, device)
-        out[f"valid_ppl_{name}"] = _perplexity(stats["nll"], stats["tokens"])
+        if not stats["tokens"]:
+            continue  # every validation sentence of this stream was filtered out: nothing to report
+        out[f"valid_ppl_{name}"] = perplexity(stats["nll"], stats["tokens"])
         kind = name.split("_")[0] if name.startswith(("mass_", "dae_")) else "translate"
         for acc in (total, by_kind.setdefault(kind, [0.0, 0.0])):
             acc[0] += stats["nll"]
             acc[1] += stats["tokens"]
     if total[1]:
-        out["valid_ppl"] = _perplexity(*total)
+        out["valid_ppl"] = perplexity(*total)
     if len(by_kind) > 1:
-        out.update({f"valid_ppl_{k}": _perplexity(*by_kind[k]) for k in ("mass", "dae") if k in by_kind})
+        out.update({f"valid_ppl_{k}": perplexity(*by_kind[k]) for k in ("mass", "dae") if k in by_kind})
     return out
-
-
-def _perplexity(nll: float, tokens: float) -> float:
-    return math.exp(min(nll / max(tokens, 1), 50))
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
