@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Unsupervised fr<->en on one GPU in about 12 minutes: the unsup study's recipe (configs/studies/unsup.yaml)
+# Unsupervised fr<->en on one GPU in about 12 minutes: the recipes of configs/studies/unsup_paper.yaml and unsup.yaml
 # with larger batches and wall-clock budgets instead of update counts. A small model leaves a GPU mostly
 # idle, so the runs of each phase share it side by side:
 #   1. MASS pre-training on the non-parallel halves, and the same with a language-agnostic encoder
