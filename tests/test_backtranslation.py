@@ -218,13 +218,15 @@ def test_train_logs_an_every_2_objective_on_its_steps_only(data_dir, tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in fr_steps.values())
 
 
-def test_train_with_a_bt_objective_on_the_unsup_split(data_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the translation is generated under autocast too
+def test_train_with_a_bt_objective_on_the_unsup_split(data_dir, tmp_path, precision):
     objectives = [{"name": "mass", "lang": "en"}, {"name": "bt", "src": "en", "tgt": "fr"}]
     run = tmp_path / "run"
     cfg = tiny_config(
         data_dir,
         run,
         "data.train_split=unsup",
+        f"train.precision={precision}",
         "train.max_steps=3",
         "train.eval_interval=100",
         "train.save_interval=100",
