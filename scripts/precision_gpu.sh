@@ -2,12 +2,12 @@
 # MASS pre-training throughput on one GPU in fp32, bf16 and fp16 (train.precision), one run after the other
 # with the same data and seed, and an unsupervised (back-translation) smoke run in bf16.
 # Usage: scripts/precision_gpu.sh [RUN_ROOT]
-# Environment: PRESET (base), SECONDS_EACH (40), DEVICE (cuda), MASS (mass)
+# Environment: PRESET (base), MAX_TOKENS (8000), SECONDS_EACH (40), DEVICE (cuda), MASS (mass)
 set -euo pipefail
 root=${1:-runs/precision_gpu}
 mass=${MASS:-mass}
 minutes=$(python3 -c "print(${SECONDS_EACH:-40} / 60)")
-common=("model.preset=${PRESET:-base}" data.max_tokens=8000 data.train_split=unsup optim.lr=0.0005
+common=("model.preset=${PRESET:-base}" "data.max_tokens=${MAX_TOKENS:-8000}" data.train_split=unsup optim.lr=0.0005
         optim.warmup_steps=100 train.device=${DEVICE:-cuda} train.max_steps=1000000 "train.time_budget=$minutes"
         train.log_interval=10 train.eval_interval=1000000 train.save_interval=1000000)
 mkdir -p "$root"
