@@ -11,7 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from mass.checkpoint import (
     atomic_write_text,
+    average_checkpoints,
     best_checkpoint,
+    last_checkpoints,
     latest_checkpoint,
     load_state,
     load_weights,
@@ -183,3 +185,77 @@ def test_resolve_checkpoint_on_empty_or_missing_dir(tmp_path):
 def test_checkpoint_without_config(tmp_path):
     with pytest.raises(MassError, match="config.yaml"):
         read_checkpoint_config(tmp_path)
+
+
+def _model_checkpoint(run_dir: Path, step: int, seed: int, **config) -> Path:
+    model = tiny_model(seed)
+    spm = run_dir.parent / "spm.model"
+    if not spm.exists():
+        spm.write_bytes(b"tokenizer bytes")
+    cfg = {"model": {"embed_dim": 64, **config}}
+    return save_checkpoint(run_dir, step, model, {"step": step}, cfg, keep=10, files={"spm.model": spm})
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
+    run = tmp_path / "run"
+    ckpts = [_model_checkpoint(run, step, seed) for step, seed in ((100, 1), (200, 2), (300, 3))]
+    out = average_checkpoints(ckpts, tmp_path / "avg")
+    averaged = load_file(out / "model.safetensors")
+    each = [load_file(c / "model.safetensors") for c in ckpts]
+    assert set(averaged) == set(each[0])
+    for name, tensor in averaged.items():
+        expected = sum(w[name].double() for w in each) / 3
+        assert tensor.dtype == each[0][name].dtype
+        torch.testing.assert_close(tensor, expected.float(), rtol=0, atol=1e-7)
+    assert not any(torch.equal(averaged["embed.tokens.weight"], w["embed.tokens.weight"]) for w in each)
+    # A checkpoint like any other: resolvable, loadable into the model, with its config and tokenizer.
+    assert resolve_checkpoint(out) == out and not (out / "state.pt").exists()
+    model = tiny_model(9)
+    load_weights(model, out)
+    assert torch.equal(model.state_dict()["embed.tokens.weight"], averaged["embed.tokens.weight"])
+    assert read_checkpoint_config(out) == read_checkpoint_config(ckpts[-1])
+    assert (out / "spm.model").read_bytes() == b"tokenizer bytes"
+    assert [p.name for p in run.joinpath("checkpoints").glob("step_*")] != []  # the sources are untouched
+    assert entries(tmp_path) == ["avg", "run", "spm.model"]  # no temporary left behind
+
+
+def test_average_of_one_checkpoint_with_itself_is_that_checkpoint(tmp_path):
+    ckpt = _model_checkpoint(tmp_path / "run", 100, 1)
+    out = average_checkpoints([ckpt, ckpt], tmp_path / "avg")
+    original = load_file(ckpt / "model.safetensors")
+    for name, tensor in load_file(out / "model.safetensors").items():
+        assert torch.equal(tensor, original[name]), name
+
+
+def test_last_checkpoints_picks_the_most_recent(tmp_path):
+    run = tmp_path / "run"
+    for step in (100, 200, 300, 400):
+        _model_checkpoint(run, step, step)
+    assert [p.name for p in last_checkpoints(run, 2)] == ["step_00000300", "step_00000400"]
+    with pytest.raises(MassError, match="the last 5 checkpoints, the run has 4"):
+        last_checkpoints(run, 5)
+
+
+def test_average_refuses_mismatched_checkpoints_and_overwriting_training_ones(tmp_path):
+    run = tmp_path / "run"
+    a = _model_checkpoint(run, 100, 1)
+    other = tmp_path / "other"
+    config, spm = {"model": {"embed_dim": 64}}, {"spm.model": tmp_path / "spm.model"}
+    wider = save_checkpoint(other, 100, tiny_model(2, embed_dim=32), {}, config, keep=10, files=spm)
+    with pytest.raises(MassError, match="weights of another shape") as err:
+        average_checkpoints([a, wider], tmp_path / "avg")
+    assert str(wider / "model.safetensors") in str(err.value)
+    config_differs = _model_checkpoint(tmp_path / "run2", 100, 2, pre_norm=True)
+    with pytest.raises(MassError, match="another model config"):
+        average_checkpoints([a, config_differs], tmp_path / "avg")
+    b = _model_checkpoint(run, 200, 2)
+    (b / "spm.model").write_bytes(b"another tokenizer")
+    with pytest.raises(MassError, match="another tokenizer"):
+        average_checkpoints([a, b], tmp_path / "avg")
+    for taken in (b, run):  # a training checkpoint, a directory of other things
+        with pytest.raises(MassError, match="is not an earlier average: refusing to replace it"):
+            average_checkpoints([a], taken)
+    assert not (tmp_path / "avg").exists() and (b / "state.pt").exists() and entries(run) == ["checkpoints"]
+    average_checkpoints([a], tmp_path / "avg")
+    average_checkpoints([a, a], tmp_path / "avg")  # an earlier average is replaced
+    assert entries(tmp_path / "avg") == ["config.yaml", "model.safetensors", "spm.model"]

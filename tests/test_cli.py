@@ -324,6 +324,37 @@ def test_evaluate_align_retrieves_translations_by_content(finetuned, tmp_path, c
     assert scores["same"]["chance"] == pytest.approx(100 / 6)
 
 
+def test_average_then_evaluate_keeps_the_runs_own_results(finetuned, tmp_path, capsys):
+    """An averaged checkpoint evaluates like any other, into its own result file beside the run's: the mean
+    of the last checkpoint alone is that checkpoint, so it translates identically."""
+    src, ref = tmp_path / "in.fr", tmp_path / "ref.en"
+    write_lines(src, ["le chat dort", "la maison est grande", "un chien"])
+    write_lines(ref, ["the cat sleeps", "the house is big", "a dog"])
+    avg = finetuned / "checkpoints" / "average_last1"
+    assert main(["average", str(finetuned), "--last", "1"]) == 0
+    assert f"into {avg}" in capsys.readouterr().out
+    scored = {}
+    for ckpt in (finetuned, avg):
+        argv = ["evaluate", str(ckpt), "--src", "fr", "--tgt", "en", "--input", str(src), "--reference", str(ref)]
+        assert main(argv) == 0
+        written = capsys.readouterr().out.splitlines()[-1].removeprefix("wrote ")
+        scored[ckpt] = (Path(written), Path(written).with_suffix(".hyp.txt").read_text())
+    (own, own_hyps), (averaged, avg_hyps) = scored[finetuned], scored[avg]
+    assert own.parent == averaged.parent == finetuned / "eval" and own.is_file()
+    assert averaged.name == own.name.replace(".json", "-average_last1.json")
+    assert avg_hyps == own_hyps and len(own_hyps.splitlines()) == 3
+
+
+def test_average_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
+    assert main(["average", str(finetuned), "--last", "50"]) == 1
+    assert "the last 50 checkpoints, the run has" in one_line_error(capsys, "average")
+    assert main(["average", str(finetuned), str(finetuned)]) == 1
+    assert "--out" in one_line_error(capsys, "average")
+    assert main(["average", str(tmp_path / "missing"), "--out", str(tmp_path / "avg")]) == 1
+    assert "no checkpoint found" in one_line_error(capsys, "average")
+    assert not (tmp_path / "avg").exists()
+
+
 @pytest.mark.parametrize("command", ["generate", "evaluate"])
 def test_language_not_in_the_model(finetuned, tmp_path, capsys, command):
     src = tmp_path / "in.de"

@@ -152,6 +152,76 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     model.load_state_dict(weights)
 
 
+def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
+    """Write a checkpoint whose weights are the mean of `checkpoints`' (fairseq's checkpoint averaging).
+
+    The last few checkpoints of a run sit around one optimum and their noise partly cancels, so their
+    mean often scores better than any one of them at no training cost. The result holds weights, config
+    and tokenizer (it loads wherever a checkpoint does) but no training state: it cannot be resumed.
+    It is written atomically and replaces nothing but an earlier average.
+    """
+    if not checkpoints:
+        raise MassError("nothing to average: no checkpoints given")
+    sources = [resolve_checkpoint(c) for c in checkpoints]
+    out = Path(out)
+    earlier_average = (out / "model.safetensors").is_file() and not (out / "state.pt").exists()
+    if (out.exists() and not earlier_average) or out.resolve() in {s.resolve() for s in sources}:
+        raise MassError("exists and is not an earlier average: refusing to replace it; choose another --out", out)
+    first = sources[0]
+    model_cfg = read_checkpoint_config(first).get("model")
+    tokenizer = (first / "spm.model").read_bytes() if (first / "spm.model").is_file() else None
+    total: dict[str, torch.Tensor] = {}  # float64 sums
+    dtypes: dict[str, torch.dtype] = {}
+    for ckpt in sources:
+        path = ckpt / "model.safetensors"
+        try:
+            weights = load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise MassError(f"cannot read weights: {e}", path) from None
+        if read_checkpoint_config(ckpt).get("model") != model_cfg:
+            raise MassError(f"another model config than {first}: cannot average them", ckpt / "config.yaml")
+        spm = ckpt / "spm.model"
+        if (spm.read_bytes() if spm.is_file() else None) != tokenizer:
+            raise MassError(f"another tokenizer than {first}: cannot average them", spm)
+        if total and (set(weights) != set(total) or any(v.shape != total[k].shape for k, v in weights.items())):
+            raise MassError(f"weights of another shape than {first}'s: cannot average them", path)
+        for name, tensor in weights.items():
+            dtypes.setdefault(name, tensor.dtype)
+            if not tensor.is_floating_point():
+                total.setdefault(name, tensor)  # integer buffers are not averaged
+            elif name in total:
+                total[name] += tensor.double()
+            else:
+                total[name] = tensor.double()
+    mean = {k: (v / len(sources)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        names = json.dumps([str(s) for s in sources])
+        save_file(mean, tmp / "model.safetensors", metadata={"format": "pt", "averaged_from": names})
+        shutil.copyfile(sources[-1] / "config.yaml", tmp / "config.yaml")
+        if tokenizer is not None:
+            (tmp / "spm.model").write_bytes(tokenizer)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def last_checkpoints(run_dir: Path, n: int) -> list[Path]:
+    """The run's `n` most recent checkpoints, oldest first (fewer are an error: say how many there are)."""
+    steps = sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir())
+    if n < 1 or len(steps) < n:
+        raise MassError(
+            f"asked for the last {n} checkpoints, the run has {len(steps)} (train.keep_checkpoints keeps more)",
+            run_dir,
+        )
+    return steps[-n:]
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
     path = Path(ckpt) / "state.pt"
     try:

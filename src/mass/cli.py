@@ -1,4 +1,4 @@
-"""The `mass` command: data | prepare | pretrain | finetune | generate | evaluate | translate.
+"""The `mass` command: data | prepare | pretrain | finetune | unsup | average | generate | evaluate | translate.
 
 Every bad input ends as one line on stderr naming the file (and line) and a non-zero exit code.
 """
@@ -241,6 +241,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {result['path']}")
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from mass.checkpoint import average_checkpoints, checkpoint_dir, last_checkpoints
+
+    if args.last:
+        if len(args.checkpoints) != 1:
+            raise MassError(f"--last takes one run directory, not {len(args.checkpoints)} paths")
+        run_dir = Path(args.checkpoints[0])
+        sources = last_checkpoints(run_dir, args.last)
+        out = Path(args.out) if args.out else checkpoint_dir(run_dir) / f"average_last{args.last}"
+    elif args.out:
+        sources, out = [Path(c) for c in args.checkpoints], Path(args.out)
+    else:
+        raise MassError("say where the average goes (--out DIR), or average a run's --last N checkpoints")
+    out = average_checkpoints(sources, out)
+    print(f"averaged {len(sources)} checkpoints ({', '.join(s.name for s in sources)}) into {out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from mass.demo import run_demo
 
@@ -310,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     p.add_argument("--run-dir", help="default: runs/STUDY_NAME")
     p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("average", help="average the weights of a run's last checkpoints (or of those listed)")
+    p.add_argument("checkpoints", nargs="+", help="a run directory with --last N, or checkpoint directories")
+    p.add_argument("--last", type=int, help="average the run's N most recent checkpoints")
+    p.add_argument("--out", help="output checkpoint directory (default with --last: RUN/checkpoints/average_lastN)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import torch
 
-from mass.checkpoint import atomic_write_text, read_checkpoint_config, resolve_checkpoint
+from mass.checkpoint import (
+    atomic_write_text,
+    best_checkpoint,
+    latest_checkpoint,
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
 from mass.config import Config, GenerationConfig, from_dict
 from mass.data.binarize import load_data_dir
 from mass.data.corpus import export_corpus, prepare_corpus
@@ -67,10 +73,13 @@ def evaluate_checkpoint(
 ) -> dict:
     """Score a checkpoint; write `{metrics, ...}` as JSON (default: RUN_DIR/eval/) and the hypotheses."""
     ckpt = resolve_checkpoint(checkpoint)
-    run_dir = ckpt.parent.parent
+    in_run = ckpt.parent.name == "checkpoints"  # else a checkpoint on its own (copied, averaged elsewhere)
+    run_dir = ckpt.parent.parent if in_run else ckpt
     name = f"{task_name}-{src}-{split}" if task_name == "mass" else f"{task_name}-{src}-{tgt}-{split}"
     if input_path is not None:
         name = f"{task_name}-{src}-{tgt}-{input_path.name}"
+    if in_run and ckpt != (best_checkpoint(run_dir) or latest_checkpoint(run_dir)):
+        name += f"-{ckpt.name}"  # not the run's own checkpoint (an older or averaged one): keep results apart
     output = output or run_dir / "eval" / f"{name}.json"
     start = time.perf_counter()
     result: dict = {"checkpoint": str(ckpt), "task": task_name, "split": split}
