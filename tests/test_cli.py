@@ -273,6 +273,18 @@ def test_finetune_then_generate_writes_one_line_per_input(finetuned, tmp_path):
     assert len(out.read_text(encoding="utf-8").splitlines()) == 3
 
 
+def test_generate_with_sampling_draws_nbest_lines_per_input_repeatably(finetuned, tmp_path, capsys):
+    src = tmp_path / "in.fr"
+    write_lines(src, ["le chat dort", "la maison est grande"])
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--sampling"]
+    outputs = []
+    for seed in ("1", "1", "2"):
+        capsys.readouterr()
+        assert main([*argv, "--nbest", "3", "--temperature", "1.5", "--sampling-topk", "50", "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out.splitlines())
+    assert len(outputs[0]) == 6 and outputs[0] == outputs[1] and outputs[0] != outputs[2]
+
+
 @pytest.mark.parametrize(
     "lines, number, message",
     [

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from mass.generate import Hypothesis, beam_search, greedy_search
+from mass.generate import Hypothesis, Sampling, beam_search, greedy_search
 
 INF = float("inf")
 PAD, BOS, EOS, A, B, C, D = range(7)
@@ -283,7 +283,60 @@ def test_exhaustive_beam_finds_every_sequence_in_order(length_penalty, min_len, 
     assert math.isclose(hyps[0].score, max(s for _, s, _ in expected))
 
 
+# --- Sampling -----------------------------------------------------------------------------------------------
+
+
+def draw_frequencies(sampling: Sampling, probs: list[float], draws: int = 40_000) -> list[float]:
+    """How often each token is drawn from one distribution (tokens after `probs` have probability 0)."""
+    log_probs = torch.full((draws, VOCAB), -INF)
+    log_probs[:, : len(probs)] = torch.tensor(probs).log()
+    counts = torch.bincount(sampling.draw(log_probs), minlength=VOCAB)
+    return (counts / draws).tolist()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, [0.5, 0.3, 0.2]),
+        ({"top_k": 2}, [0.5 / 0.8, 0.3 / 0.8, 0.0]),
+        ({"top_p": 0.6}, [0.5 / 0.8, 0.3 / 0.8, 0.0]),  # 0.5 < 0.6 so B is needed; after B, 0.8 suffices
+        ({"top_p": 0.5}, [1.0, 0.0, 0.0]),  # A alone holds 0.5
+        ({"top_k": 1}, [1.0, 0.0, 0.0]),
+        ({"temperature": 0.5}, [0.25 / 0.38, 0.09 / 0.38, 0.04 / 0.38]),  # p ** 2, renormalised
+        ({"temperature": 1e-4}, [1.0, 0.0, 0.0]),  # the argmax
+    ],
+)
+def test_sampling_draws_from_the_filtered_distribution(options, expected):
+    generator = torch.Generator().manual_seed(0)
+    frequencies = draw_frequencies(Sampling(**options, generator=generator), [0.5, 0.3, 0.2])
+    assert frequencies[:3] == pytest.approx(expected, abs=0.01)  # 40K draws: standard error <= 0.0025
+    assert frequencies[3:] == [0.0] * (VOCAB - 3)
+
+
+def test_sampling_with_top_k_one_is_greedy_search_under_constraints():
+    fn = random_fn(VOCAB, seed=3, eos_bias=-1.0)
+    options = {"max_len": 12, "min_len": 3, "no_repeat_ngram": 2}
+    sampled = run_greedy(fn, 20, sampling=Sampling(top_k=1, generator=torch.Generator().manual_seed(1)), **options)
+    assert sampled == run_greedy(fn, 20, **options)
+
+
+def test_sampling_is_seeded_and_keeps_the_constraints():
+    fn = random_fn(VOCAB, seed=5, eos_bias=1.0)
+
+    def sample(seed: int) -> list[list[int]]:
+        sampling = Sampling(temperature=2.0, generator=torch.Generator().manual_seed(seed))
+        return run_greedy(fn, 200, max_len=8, min_len=2, no_repeat_ngram=1, sampling=sampling)
+
+    first, again, other = sample(0), sample(0), sample(1)
+    assert first == again and first != other
+    assert len({tuple(t) for t in first}) > 100  # varied, unlike greedy's one answer per sentence
+    assert all(2 <= len(t) <= 8 and len(set(t)) == len(t) for t in first)  # min_len, max_len, no repeat
+
+
 def test_bad_arguments():
+    for bad in ({"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}, {"temperature": 0.0}):
+        with pytest.raises(ValueError, match="sampling needs"):
+            Sampling(**bad)
     with pytest.raises(ValueError, match="nbest"):
         run_beam(TABLE, beam_size=2, max_len=3, nbest=3)
     with pytest.raises(ValueError, match="max_len"):

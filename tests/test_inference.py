@@ -159,6 +159,27 @@ def test_reverser_generates_exact_answers(reverser, beam):
         assert all(out[0] != out[1] for out in outputs)
 
 
+def test_sampling_draws_nbest_samples_per_input(reverser):
+    """Sampling from a confident model mostly draws its answer; a hot temperature draws other outputs;
+    the same seed repeats the draws; top-k 1 is greedy search."""
+    model, held_out = reverser
+    generator = Generator(model, tokenizer=None, langs=LANGS)
+    sources = held_out[:20]
+    greedy = generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=1))
+    cfg = GenerationConfig(beam=5, sampling=True, nbest=3, seed=1)  # sampling wins over beam
+    samples = generator.generate_ids(sources, "en", "fr", cfg)
+    assert all(len(out) == 3 for out in samples)
+    assert samples == generator.generate_ids(sources, "en", "fr", cfg)
+    right = sum(draw == s[::-1] for out, s in zip(samples, sources, strict=True) for draw in out)
+    assert right >= 0.7 * 3 * len(sources), right
+    hot = generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, nbest=3, temperature=5.0))
+    assert sum(draw != s[::-1] for out, s in zip(hot, sources, strict=True) for draw in out) >= len(sources)
+    top1 = generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, sampling_topk=1, nbest=2))
+    assert top1 == [[g[0], g[0]] for g in greedy]
+    with pytest.raises(MassError, match="sampling needs"):
+        generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, temperature=0.0))
+
+
 def test_generate_ids_keeps_input_order_across_length_batches(reverser):
     model, held_out = reverser
     generator = Generator(model, tokenizer=None, langs=LANGS)

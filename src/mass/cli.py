@@ -167,7 +167,9 @@ def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
     from mass.tasks import get_task
 
     cfg = dataclasses.replace(get_task(task_name).generate)
-    for name in ("beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest"):
+    names = ["beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest"]
+    names += ["sampling", "sampling_topk", "sampling_topp", "temperature", "seed"]
+    for name in names:
         value = getattr(args, name, None)
         if value is not None:
             setattr(cfg, name, value)
@@ -274,6 +276,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len-a", dest="max_len_a", type=float)
     p.add_argument("--max-len-b", dest="max_len_b", type=int)
     p.add_argument("--no-repeat-ngram", dest="no_repeat_ngram", type=int)
+    p.add_argument("--sampling", action="store_true", default=None, help="draw each token instead of searching")
+    p.add_argument("--sampling-topk", dest="sampling_topk", type=int, help="draw among the k most probable tokens")
+    p.add_argument("--sampling-topp", dest="sampling_topp", type=float, help="nucleus sampling: probability mass")
+    p.add_argument("--temperature", type=float, help="< 1 sharpens the distribution drawn from, > 1 flattens it")
+    p.add_argument("--seed", type=int, help="seed of the draws (default 0): the same seed, the same samples")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (the GPU if there is one)")
 
 
@@ -346,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="mt", help="decoding defaults of this task")
     p.add_argument("--input", help="input file (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
-    p.add_argument("--nbest", type=int, help="hypotheses per input, best first")
+    p.add_argument("--nbest", type=int, help="hypotheses per input, best first (with --sampling: samples)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("translate", help="interactive translation prompt")

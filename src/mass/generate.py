@@ -1,4 +1,4 @@
-"""Greedy and beam search over a ``decode_step`` callable, independent of the model.
+"""Greedy search, sampling and beam search over a ``decode_step`` callable, independent of the model.
 
 The search never sees the model. It talks to a callable::
 
@@ -146,8 +146,44 @@ def _constrain(
         scores[force_eos, eos_id] = eos_scores
 
 
+@dataclass
+class Sampling:
+    """Draw each next token instead of taking the most probable one (fairseq's ``--sampling``, HF's
+    ``do_sample``): varied outputs for dialogue, or many translations of one source.
+
+    Attributes:
+        top_k: draw among the k most probable tokens only (ties at the k-th score are kept); 0 = all.
+        top_p: nucleus sampling: draw among the fewest most probable tokens holding at least this much
+            probability (the most probable token always stays); 1.0 = all.
+        temperature: divides the log-probabilities before the draw: < 1 sharpens, > 1 flattens.
+        generator: the random source, so that a seed reproduces the draws.
+    """
+
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0 or not 0.0 < self.top_p <= 1.0 or not self.temperature > 0.0:
+            raise ValueError(f"sampling needs top_k >= 0, 0 < top_p <= 1 and temperature > 0, not {self}")
+
+    def draw(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """(R, V) log-probabilities (-inf for banned tokens) -> (R,) drawn token ids."""
+        scores = log_probs / self.temperature
+        if 0 < self.top_k < scores.size(1):
+            kth = scores.topk(self.top_k, dim=1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, NEG_INF)
+        if self.top_p < 1.0:
+            ordered, index = scores.sort(dim=1, descending=True)
+            probs = ordered.softmax(dim=1)
+            outside = probs.cumsum(dim=1) - probs >= self.top_p  # the mass before it is already enough
+            scores = scores.scatter(1, index, ordered.masked_fill(outside, NEG_INF))
+        return torch.multinomial(scores.softmax(dim=1), 1, generator=self.generator).squeeze(1)
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Greedy search
+# Greedy search (and sampling)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -161,8 +197,9 @@ def greedy_search(
     min_len: int = 0,
     no_repeat_ngram: int = 0,
     device: torch.device | str = "cpu",
+    sampling: Sampling | None = None,
 ) -> list[list[int]]:
-    """Picks the most probable next token of every sentence until EOS or max_len.
+    """Picks the most probable next token of every sentence (or draws it, with `sampling`) until EOS or max_len.
 
     Args:
         decode_step: the model, see the module docstring. First call: ``batch_size`` rows of BOS.
@@ -174,10 +211,11 @@ def greedy_search(
         min_len: EOS is forbidden until this many tokens have been generated.
         no_repeat_ngram: if n > 0, never complete an n-gram already in the sentence.
         device: where the tokens and parents given to ``decode_step`` live (the model's device).
+        sampling: draw each token from the constrained distribution instead of taking its argmax.
 
     Returns:
-        B token lists, without BOS and EOS. Identical to ``beam_search(..., beam_size=1)`` (up to exact ties
-        between log-probabilities).
+        B token lists, without BOS and EOS. Without sampling, identical to ``beam_search(..., beam_size=1)``
+        (up to exact ties between log-probabilities).
     """
     device = torch.device(device)
     results: list[list[int]] = [[] for _ in range(batch_size)]
@@ -193,7 +231,7 @@ def greedy_search(
         log_probs = _decode(decode_step, tokens, parents)
         if needs_masks:
             _constrain(log_probs, history, step, eos_id=eos_id, min_len=min_len, no_repeat_ngram=no_repeat_ngram)
-        next_tokens = log_probs.argmax(dim=1)
+        next_tokens = log_probs.argmax(dim=1) if sampling is None else sampling.draw(log_probs)
         # Only a max_len of 0 can be reached before choosing: such sentences end empty.
         next_tokens = torch.where(step >= limits, eos_id, next_tokens)
         ended = next_tokens == eos_id

@@ -16,7 +16,7 @@ from mass.config import GenerationConfig, from_dict
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from mass.distributed import pick_device
 from mass.errors import MassError
-from mass.generate import DecodeStep, beam_search, greedy_search
+from mass.generate import DecodeStep, Sampling, beam_search, greedy_search
 from mass.model import MassModel, ModelConfig, reorder_cache
 
 
@@ -75,9 +75,16 @@ class Generator:
         """Token ids in, n-best token ids out (in input order), batched by similar length."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
         results: list[list[list[int]]] = [[] for _ in sources]
+        sampling = None
+        if cfg.sampling:  # a generator of its own per call: the same seed and input give the same samples
+            generator = torch.Generator(self.device).manual_seed(cfg.seed)
+            try:
+                sampling = Sampling(cfg.sampling_topk, cfg.sampling_topp, cfg.temperature, generator)
+            except ValueError as e:
+                raise MassError(str(e)) from None
         with _eval_mode(self.model):
             for chunk, seqs in self._source_batches(sources, cfg.max_tokens):
-                for i, out in zip(chunk, self._search(seqs, src_id, tgt_id, cfg), strict=True):
+                for i, out in zip(chunk, self._search(seqs, src_id, tgt_id, cfg, sampling), strict=True):
                     results[i] = out
         return results
 
@@ -106,26 +113,34 @@ class Generator:
         src = pad_sequences([s + [EOS_ID] for s in seqs]).to(self.device)
         return src, self.model.encode(src, torch.full((src.size(0),), lang_id, dtype=torch.long, device=self.device))
 
-    def _search(self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig) -> list[list[list[int]]]:
+    def _search(
+        self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig, sampling: Sampling | None
+    ) -> list[list[list[int]]]:
         src, memory = self._encode(seqs, src_id)
         batch = src.size(0)
         mask = src != PAD_ID
         limit = self.model.cfg.max_positions - 1
         max_len = [min(int(cfg.max_len_a * len(s) + cfg.max_len_b), limit) for s in seqs]
         beam = max(cfg.beam, 1)
-        if beam == 1:
-            step = make_decode_step(self.model, memory, mask, torch.full((batch,), tgt_id, device=self.device))
+        if beam == 1 or sampling is not None:
+            draws = max(cfg.nbest, 1) if sampling is not None else 1  # each sample is a row of its own
+            if draws > 1:
+                memory, mask = memory.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0)
+                max_len = [n for n in max_len for _ in range(draws)]
+            rows = batch * draws
+            step = make_decode_step(self.model, memory, mask, torch.full((rows,), tgt_id, device=self.device))
             outs = greedy_search(
                 step,
-                batch,
+                rows,
                 device=self.device,
                 bos_id=BOS_ID,
                 eos_id=EOS_ID,
                 max_len=max_len,
                 min_len=cfg.min_len,
                 no_repeat_ngram=cfg.no_repeat_ngram,
+                sampling=sampling,
             )
-            return [[o] for o in outs]
+            return [outs[i : i + draws] for i in range(0, rows, draws)]
         step = make_decode_step(
             self.model, memory, mask, torch.full((batch * beam,), tgt_id, device=self.device), group=beam
         )
