@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,34 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+@contextmanager
+def _atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory beside `final` to fill; then it replaces `final` in one rename (on an
+    error it is removed and `final` is left as it was)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _steps(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first."""
+    return sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir())
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise MassError(f"cannot read weights: {e}", path) from None
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -61,22 +91,14 @@ def save_checkpoint(
     `files` are copied in under the given names (the tokenizer, so a checkpoint is self-contained).
     """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step_{step:08d}."))
-    try:
+    with _atomic_dir(final) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
         torch.save(state, tmp / "state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         for name, source in (files or {}).items():
             shutil.copyfile(source, tmp / name)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if is_best:
         atomic_write_text(root / "best.json", json.dumps({"checkpoint": final.name, "step": step}))
     _prune(root, keep)
@@ -85,7 +107,7 @@ def save_checkpoint(
 
 def _prune(root: Path, keep: int) -> None:
     best = best_checkpoint(root.parent)
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+    steps = _steps(root.parent)
     for old in steps[: max(len(steps) - keep, 0)]:
         if best is None or old != best:
             shutil.rmtree(old, ignore_errors=True)
@@ -94,7 +116,7 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir())
+    steps = _steps(run_dir)
     return steps[-1] if steps else None
 
 
@@ -130,10 +152,7 @@ def read_checkpoint_config(ckpt: Path) -> dict:
 def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     """Load safetensors weights, with a one-line error when the architecture differs."""
     path = Path(ckpt) / "model.safetensors"
-    try:
-        weights = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise MassError(f"cannot read weights: {e}", path) from None
+    weights = _read_weights(path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -174,10 +193,7 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
     dtypes: dict[str, torch.dtype] = {}
     for ckpt in sources:
         path = ckpt / "model.safetensors"
-        try:
-            weights = load_file(path)
-        except (SafetensorError, OSError) as e:
-            raise MassError(f"cannot read weights: {e}", path) from None
+        weights = _read_weights(path)
         if read_checkpoint_config(ckpt).get("model") != model_cfg:
             raise MassError(f"another model config than {first}: cannot average them", ckpt / "config.yaml")
         spm = ckpt / "spm.model"
@@ -194,26 +210,18 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
             else:
                 total[name] = tensor.double()
     mean = {k: (v / len(sources)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with _atomic_dir(out) as tmp:
         names = json.dumps([str(s) for s in sources])
         save_file(mean, tmp / "model.safetensors", metadata={"format": "pt", "averaged_from": names})
         shutil.copyfile(sources[-1] / "config.yaml", tmp / "config.yaml")
         if tokenizer is not None:
             (tmp / "spm.model").write_bytes(tokenizer)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def last_checkpoints(run_dir: Path, n: int) -> list[Path]:
     """The run's `n` most recent checkpoints, oldest first (fewer are an error: say how many there are)."""
-    steps = sorted(p for p in checkpoint_dir(run_dir).glob("step_*") if p.is_dir())
+    steps = _steps(run_dir)
     if n < 1 or len(steps) < n:
         raise MassError(
             f"asked for the last {n} checkpoints, the run has {len(steps)} (train.keep_checkpoints keeps more)",
