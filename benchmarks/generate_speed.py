@@ -3,7 +3,7 @@
 Both systems decode the same batch of French sentences of about 30 subwords from the test split of the
 embedded en-fr Bible (fr -> en) with the same Transformer:
 
-- this project: `mass.inference.Generator.generate_ids` (encoder once, `greedy_search` / `beam_search`
+- this project: `mass.inference.Generator.generate` (encoder once, `greedy_search` / `beam_search`
   over `make_decode_step`'s KV cache, one batch for all sentences);
 - Hugging Face: `BartForConditionalGeneration.generate()` with `use_cache=True`, `do_sample=False`,
   `num_beams` 1 or 5, length penalty 1, no n-gram blocking, default `early_stopping`, the same padded batch.
@@ -146,7 +146,7 @@ def build_ours(generator: Generator, sources: list[list[int]], length: int, forc
             nbest=1,
             max_tokens=1 << 30,  # one batch, like Hugging Face's
         )
-        return [out[0] for out in generator.generate_ids(sources, SRC, TGT, cfg)]
+        return [out[0].tokens for out in generator.generate(sources, SRC, TGT, cfg)]
 
     return System("this project", run)
 

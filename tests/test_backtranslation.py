@@ -266,8 +266,8 @@ def test_validation_scores_both_directions_and_their_mean(data_dir, tmp_path):
     for src, tgt in (("en", "fr"), ("fr", "en")):
         sources = [data.array("valid", src)[i].tolist() for i in range(10)]
         refs = [data.array("valid", tgt)[i].tolist() for i in range(10)]
-        outputs = generator.generate_ids(sources, src, tgt, cfg.generate)
-        hyps = [tokenizer.decode(o[0]) for o in outputs]
+        outputs = generator.generate(sources, src, tgt, cfg.generate)
+        hyps = [tokenizer.decode(o[0].tokens) for o in outputs]
         expected = bleu(hyps, [tokenizer.decode(r) for r in refs])["bleu"]
         assert metrics[f"bleu_{src}-{tgt}"] == pytest.approx(expected)
         vectors = generator.sentence_vectors(sources, src), generator.sentence_vectors(refs, tgt)

@@ -285,6 +285,20 @@ def test_generate_with_sampling_draws_nbest_lines_per_input_repeatably(finetuned
     assert len(outputs[0]) == 6 and outputs[0] == outputs[1] and outputs[0] != outputs[2]
 
 
+def test_generate_scores_prefix_each_nbest_line_best_first(finetuned, tmp_path, capsys):
+    src = tmp_path / "in.fr"
+    write_lines(src, ["le chat dort", "la maison est grande"])
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--beam", "3"]
+    assert main([*argv, "--nbest", "3"]) == 0
+    plain = capsys.readouterr().out.splitlines()
+    assert main([*argv, "--nbest", "3", "--scores"]) == 0
+    scored = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [text for _, text in scored] == plain  # the same hypotheses, each behind its score
+    scores = [float(score) for score, _ in scored]
+    for first in (0, 3):  # per input, best first, and each a log-prob (below zero)
+        assert scores[first] >= scores[first + 1] >= scores[first + 2] and scores[first] < 0
+
+
 @pytest.mark.parametrize(
     "lines, number, message",
     [

@@ -81,8 +81,12 @@ def run_beam(fn: LogProbFn, batch_size: int = 1, *, beam_size: int, **kwargs) ->
     )
 
 
-def run_greedy(fn: LogProbFn, batch_size: int = 1, **kwargs) -> list[list[int]]:
+def greedy_hyps(fn: LogProbFn, batch_size: int = 1, **kwargs) -> list[Hypothesis]:
     return greedy_search(ScriptedDecoder(fn, 1), batch_size, bos_id=BOS, eos_id=EOS, **kwargs)
+
+
+def run_greedy(fn: LogProbFn, batch_size: int = 1, **kwargs) -> list[list[int]]:
+    return [h.tokens for h in greedy_hyps(fn, batch_size, **kwargs)]
 
 
 def summary(hyps: list[Hypothesis]) -> list[tuple[list[int], float, float]]:
@@ -207,6 +211,35 @@ def test_beam_size_one_equals_greedy_on_random_decoder():
         assert any(0 < len(g) < lim for g, lim in zip(greedy, max_len, strict=True))  # some ended on EOS
 
 
+def replayed_log_prob(fn: LogProbFn, sent: int, tokens: list[int], *, eos: bool) -> float:
+    """The log-prob of `tokens` (and of a final EOS) read back from the scripted model itself."""
+    steps = [fn(sent, tuple(tokens[:t]))[token].item() for t, token in enumerate(tokens)]
+    return sum(steps) + (fn(sent, tuple(tokens))[EOS].item() if eos else 0.0)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("sampling", [False, True])
+def test_greedy_and_sampled_hypotheses_carry_their_log_prob_and_score(length_penalty, sampling):
+    fn = random_fn(12, seed=4, eos_bias=1.0)
+    max_len = [0, 1, 3, 5, 8, 12, 20] * 3
+    options = {"max_len": max_len, "min_len": 2, "no_repeat_ngram": 2, "length_penalty": length_penalty}
+    draw = Sampling(temperature=1.5, generator=torch.Generator().manual_seed(0)) if sampling else None
+    hyps = greedy_hyps(fn, len(max_len), sampling=draw, **options)
+    beam = run_beam(fn, len(max_len), beam_size=1, **options)
+    on_eos = 0
+    for sent, (hyp, limit) in enumerate(zip(hyps, max_len, strict=True)):
+        ended_on_eos = len(hyp.tokens) < limit or limit == 0  # max_len 0 forces EOS, as in beam search
+        on_eos += ended_on_eos
+        expected = replayed_log_prob(fn, sent, hyp.tokens, eos=ended_on_eos)  # the model's, not temperature's
+        assert hyp.log_prob == pytest.approx(expected, abs=1e-5)
+        assert hyp.score == pytest.approx(expected / (len(hyp.tokens) + 1) ** length_penalty, abs=1e-5)
+        if not sampling and ended_on_eos:  # beam search scores the same output the same way
+            (best,) = beam[sent]
+            assert hyp.tokens == best.tokens
+            assert (hyp.score, hyp.log_prob) == pytest.approx((best.score, best.log_prob), abs=1e-5)
+    assert 0 < on_eos < len(max_len)
+
+
 def test_batch_results_equal_single_sentence_results_and_rows_shrink():
     fn = random_fn(10, seed=2, eos_bias=1.5)
     max_len = [2, 9, 4, 15, 6]
@@ -224,7 +257,7 @@ def test_batch_results_equal_single_sentence_results_and_rows_shrink():
     assert all(later <= earlier for earlier, later in itertools.pairwise(rows))
 
     greedy_decoder = ScriptedDecoder(fn, 1)
-    greedy = greedy_search(greedy_decoder, 5, bos_id=BOS, eos_id=EOS, max_len=max_len)
+    greedy = [h.tokens for h in greedy_search(greedy_decoder, 5, bos_id=BOS, eos_id=EOS, max_len=max_len)]
     assert greedy == [run_greedy(lambda s, p, i=i: fn(i, p), max_len=m)[0] for i, m in enumerate(max_len)]
     rows = greedy_decoder.rows_per_call
     assert rows[0] == 5 and rows[-1] < 5

@@ -106,8 +106,14 @@ def test_cached_search_equals_uncached_search(beam, pre_norm):
         with torch.no_grad():
             greedy_cached = greedy_search(make_decode_step(model, memory, mask, tgt), len(sources), **options)
             greedy_full = greedy_search(uncached_decode_step(model, memory, mask, tgt), len(sources), **options)
-        assert greedy_cached == greedy_full
-        assert greedy_cached == [h[0].tokens for h in cached]  # beam 1 is greedy
+        assert [h.tokens for h in greedy_cached] == [h.tokens for h in greedy_full]
+        assert [h.log_prob for h in greedy_cached] == pytest.approx([h.log_prob for h in greedy_full], abs=1e-4)
+        assert [h.tokens for h in greedy_cached] == [h[0].tokens for h in cached]  # beam 1 is greedy
+
+
+def generate_ids(generator: Generator, *args) -> list[list[list[int]]]:
+    """`Generator.generate`'s n-best token ids, without their scores."""
+    return [[h.tokens for h in nbest] for nbest in generator.generate(*args)]
 
 
 # --- a model that learned to reverse its input -----------------------------------------------------------
@@ -145,18 +151,42 @@ def reverser() -> tuple[MassModel, list[list[int]]]:
 @pytest.mark.parametrize("beam", [1, 4])
 def test_reverser_generates_exact_answers(reverser, beam):
     model, held_out = reverser
-    generator = Generator(model, tokenizer=None, langs=LANGS)  # generate_ids never touches the tokenizer
-    outputs = generator.generate_ids(held_out, "en", "fr", GenerationConfig(beam=beam, nbest=min(beam, 2)))
+    generator = Generator(model, tokenizer=None, langs=LANGS)  # generation never touches the tokenizer
+    outputs = generate_ids(generator, held_out, "en", "fr", GenerationConfig(beam=beam, nbest=min(beam, 2)))
     assert len(outputs) == len(held_out)
     assert all(len(out) == min(beam, 2) for out in outputs)  # nbest hypotheses per sentence
     exact = sum(out[0] == s[::-1] for out, s in zip(outputs, held_out, strict=True)) / len(held_out)
     assert exact >= 0.9, exact
     if beam > 1:
-        greedy = generator.generate_ids(held_out, "en", "fr", GenerationConfig(beam=1))
+        greedy = generate_ids(generator, held_out, "en", "fr", GenerationConfig(beam=1))
         exact_greedy = sum(out[0] == s[::-1] for out, s in zip(greedy, held_out, strict=True)) / len(held_out)
         assert exact >= exact_greedy
         # The second-best hypothesis is a different sentence, not a duplicate of the best.
         assert all(out[0] != out[1] for out in outputs)
+
+
+def test_scores_are_the_models_log_probs_of_the_outputs(reverser):
+    """Each hypothesis carries the log-prob that teacher forcing gives its tokens and EOS, and its score
+    divides that by (length + 1) ** length_penalty: for greedy search, beam search and samples alike."""
+    model, held_out = reverser
+    generator = Generator(model, tokenizer=None, langs=LANGS)
+    sources = held_out[:8]
+    checked = 0
+    for cfg in (
+        GenerationConfig(beam=1, length_penalty=0.5),
+        GenerationConfig(beam=3, nbest=3, length_penalty=0.5),
+        GenerationConfig(sampling=True, nbest=3, temperature=2.0, length_penalty=0.5),
+    ):
+        for source, nbest in zip(sources, generator.generate(sources, "en", "fr", cfg), strict=True):
+            for hyp in nbest:
+                if len(hyp.tokens) == int(cfg.max_len_a * len(source) + cfg.max_len_b):
+                    continue  # cut at max_len: no EOS was scored
+                with torch.no_grad():
+                    _, stats = seq2seq_loss(model, seq2seq_batch([source], [hyp.tokens], 0, 1))
+                assert hyp.log_prob == pytest.approx(-stats["nll"], abs=1e-3)
+                assert hyp.score == pytest.approx(hyp.log_prob / (len(hyp.tokens) + 1) ** 0.5, abs=1e-3)
+                checked += 1
+    assert checked >= 50
 
 
 def test_sampling_draws_nbest_samples_per_input(reverser):
@@ -165,39 +195,39 @@ def test_sampling_draws_nbest_samples_per_input(reverser):
     model, held_out = reverser
     generator = Generator(model, tokenizer=None, langs=LANGS)
     sources = held_out[:20]
-    greedy = generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=1))
+    greedy = generate_ids(generator, sources, "en", "fr", GenerationConfig(beam=1))
     cfg = GenerationConfig(beam=5, sampling=True, nbest=3, seed=1)  # sampling wins over beam
-    samples = generator.generate_ids(sources, "en", "fr", cfg)
+    samples = generate_ids(generator, sources, "en", "fr", cfg)
     assert all(len(out) == 3 for out in samples)
-    assert samples == generator.generate_ids(sources, "en", "fr", cfg)
+    assert samples == generate_ids(generator, sources, "en", "fr", cfg)
     right = sum(draw == s[::-1] for out, s in zip(samples, sources, strict=True) for draw in out)
     assert right >= 0.7 * 3 * len(sources), right
-    hot = generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, nbest=3, temperature=5.0))
+    hot = generate_ids(generator, sources, "en", "fr", GenerationConfig(sampling=True, nbest=3, temperature=5.0))
     assert sum(draw != s[::-1] for out, s in zip(hot, sources, strict=True) for draw in out) >= len(sources)
-    top1 = generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, sampling_topk=1, nbest=2))
+    top1 = generate_ids(generator, sources, "en", "fr", GenerationConfig(sampling=True, sampling_topk=1, nbest=2))
     assert top1 == [[g[0], g[0]] for g in greedy]
     with pytest.raises(MassError, match="sampling needs"):
-        generator.generate_ids(sources, "en", "fr", GenerationConfig(sampling=True, temperature=0.0))
+        generate_ids(generator, sources, "en", "fr", GenerationConfig(sampling=True, temperature=0.0))
 
 
-def test_generate_ids_keeps_input_order_across_length_batches(reverser):
+def test_generate_keeps_input_order_across_length_batches(reverser):
     model, held_out = reverser
     generator = Generator(model, tokenizer=None, langs=LANGS)
     sources = held_out[:16]  # lengths 3..7 in random order
     assert sorted(sources, key=len) != sources
     # A budget of 20 tokens splits the 16 sentences into many length-sorted batches.
     for beam in (1, 3):
-        batched = generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=beam, max_tokens=20))
-        alone = [generator.generate_ids([s], "en", "fr", GenerationConfig(beam=beam))[0] for s in sources]
+        batched = generate_ids(generator, sources, "en", "fr", GenerationConfig(beam=beam, max_tokens=20))
+        alone = [generate_ids(generator, [s], "en", "fr", GenerationConfig(beam=beam))[0] for s in sources]
         assert batched == alone
         assert sum(out[0] == s[::-1] for out, s in zip(batched, sources, strict=True)) >= 14
 
 
-def test_generate_ids_of_an_empty_list_and_of_an_empty_sentence(reverser):
+def test_generate_of_an_empty_list_and_of_an_empty_sentence(reverser):
     model, _ = reverser
     generator = Generator(model, tokenizer=None, langs=LANGS)
-    assert generator.generate_ids([], "en", "fr", GenerationConfig(beam=1)) == []
-    (out,) = generator.generate_ids([[]], "en", "fr", GenerationConfig(beam=2, max_len_a=1.0, max_len_b=3))
+    assert generate_ids(generator, [], "en", "fr", GenerationConfig(beam=1)) == []
+    (out,) = generate_ids(generator, [[]], "en", "fr", GenerationConfig(beam=2, max_len_a=1.0, max_len_b=3))
     assert len(out[0]) <= 3
 
 
@@ -212,23 +242,23 @@ def test_unknown_language_names_the_model_languages():
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_generate_ids_restores_the_training_mode(training):
+def test_generate_restores_the_training_mode(training):
     model = build(std=0.1)
     model.train(training)
     generator = Generator(model, tokenizer=None, langs=LANGS)
     sources = random_sources(1, [4, 2, 5], VOCAB)
     for beam in (1, 3):
-        outputs = generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=beam))
+        outputs = generate_ids(generator, sources, "en", "fr", GenerationConfig(beam=beam))
         assert len(outputs) == 3
         assert model.training is training
         assert all(m.training is training for m in model.modules())
 
 
-def test_generate_ids_with_an_unknown_language_restores_the_training_mode():
+def test_generate_with_an_unknown_language_restores_the_training_mode():
     model = build().train()
     generator = Generator(model, tokenizer=None, langs=LANGS)
     with pytest.raises(MassError, match="not in the model"):
-        generator.generate_ids([[5, 6, 7]], "en", "de", GenerationConfig(beam=1))
+        generate_ids(generator, [[5, 6, 7]], "en", "de", GenerationConfig(beam=1))
     assert model.training  # a failed call must not leave a training model in eval mode
 
 
@@ -240,7 +270,7 @@ def test_generation_runs_without_dropout():
     model = MassModel(cfg).train()
     generator = Generator(model, tokenizer=None, langs=LANGS)
     sources = random_sources(2, [5, 3, 6, 4], VOCAB)
-    runs = [generator.generate_ids(sources, "en", "fr", GenerationConfig(beam=2, min_len=3)) for _ in range(3)]
+    runs = [generate_ids(generator, sources, "en", "fr", GenerationConfig(beam=2, min_len=3)) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     assert model.training
 

@@ -189,11 +189,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise MassError(
                 f"line has {len(seq)} subwords, more than the model's {limit}", args.input or "<stdin>", number
             )
-    outs = generator.generate_ids(ids, args.src, args.tgt, _generation_config(args, args.task))
+    outs = generator.generate(ids, args.src, args.tgt, _generation_config(args, args.task))
     text = []
     for nbest in outs:
         for hyp in nbest:
-            text.append(generator.tokenizer.decode(hyp))
+            line = generator.tokenizer.decode(hyp.tokens)
+            text.append(f"{hyp.score:.4f}\t{line}" if args.scores else line)
     out = "\n".join(text) + "\n"
     if args.output:
         from mass.checkpoint import atomic_write_text
@@ -354,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="input file (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--nbest", type=int, help="hypotheses per input, best first (with --sampling: samples)")
+    p.add_argument(
+        "--scores",
+        action="store_true",
+        help="prefix each output with its score and a tab: the sum of its log-probs / (subwords + 1) ** length-penalty",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("translate", help="interactive translation prompt")

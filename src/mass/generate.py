@@ -44,13 +44,14 @@ NEG_INF = float("-inf")
 
 @dataclass
 class Hypothesis:
-    """A finished beam-search output.
+    """A finished output of either search.
 
     Attributes:
         tokens: generated token ids, without BOS and EOS.
         score: ``log_prob / (len(tokens) + 1) ** length_penalty`` (the length counts EOS); hypotheses are
             ranked by it.
-        log_prob: sum of the log-probabilities of the tokens and of the final EOS.
+        log_prob: sum of the log-probabilities of the tokens and of the final EOS (beam search scores a
+            forced EOS at ``max_len``; greedy search stops there without one).
     """
 
     tokens: list[int]
@@ -196,9 +197,10 @@ def greedy_search(
     max_len: MaxLen,
     min_len: int = 0,
     no_repeat_ngram: int = 0,
+    length_penalty: float = 1.0,
     device: torch.device | str = "cpu",
     sampling: Sampling | None = None,
-) -> list[list[int]]:
+) -> list[Hypothesis]:
     """Picks the most probable next token of every sentence (or draws it, with `sampling`) until EOS or max_len.
 
     Args:
@@ -210,18 +212,22 @@ def greedy_search(
             reaches it is finished without another call for it.
         min_len: EOS is forbidden until this many tokens have been generated.
         no_repeat_ngram: if n > 0, never complete an n-gram already in the sentence.
+        length_penalty: exponent in the hypotheses' ``score``, as in ``beam_search``; it does not change the
+            tokens chosen.
         device: where the tokens and parents given to ``decode_step`` live (the model's device).
-        sampling: draw each token from the constrained distribution instead of taking its argmax.
+        sampling: draw each token from the constrained distribution instead of taking its argmax. The
+            scores are the model's log-probabilities of the drawn tokens (before temperature and top-k/p).
 
     Returns:
-        B token lists, without BOS and EOS. Without sampling, identical to ``beam_search(..., beam_size=1)``
-        (up to exact ties between log-probabilities).
+        B hypotheses. Without sampling, the same as ``beam_search(..., beam_size=1)`` (up to exact ties
+        between log-probabilities, and but for the EOS log-prob that beam search adds at ``max_len``).
     """
     device = torch.device(device)
-    results: list[list[int]] = [[] for _ in range(batch_size)]
+    results: list[Hypothesis] = [Hypothesis([], NEG_INF, NEG_INF) for _ in range(batch_size)]
     limits = _per_sentence_limits(max_len, batch_size, device)  # (R,) follows the live rows
     sent_ids = torch.arange(batch_size, device=device)  # (R,) original sentence of each live row
     history = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (R, step)
+    log_prob = torch.zeros(batch_size, device=device)  # (R,) of the tokens chosen so far
     tokens = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)
     parents: torch.Tensor | None = None
     needs_masks = min_len > 0 or no_repeat_ngram > 0
@@ -229,23 +235,38 @@ def greedy_search(
     step = 0
     while sent_ids.numel() > 0:
         log_probs = _decode(decode_step, tokens, parents)
-        if needs_masks:
-            _constrain(log_probs, history, step, eos_id=eos_id, min_len=min_len, no_repeat_ngram=no_repeat_ngram)
+        # Only a max_len of 0 is reached before choosing: such sentences end empty, EOS forced as in beam search.
+        forced = limits == 0 if step == 0 else None
+        if needs_masks or forced is not None:
+            _constrain(
+                log_probs,
+                history,
+                step,
+                eos_id=eos_id,
+                min_len=min_len,
+                no_repeat_ngram=no_repeat_ngram,
+                force_eos=forced,
+            )
         next_tokens = log_probs.argmax(dim=1) if sampling is None else sampling.draw(log_probs)
-        # Only a max_len of 0 can be reached before choosing: such sentences end empty.
-        next_tokens = torch.where(step >= limits, eos_id, next_tokens)
         ended = next_tokens == eos_id
         done = ended | (step + 1 >= limits)
         history = torch.cat([history, next_tokens.unsqueeze(1)], dim=1)
+        log_prob += log_probs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
 
         if bool(done.any()):
             rows = done.nonzero(as_tuple=True)[0]
-            for sent, row_tokens, is_eos in zip(
-                sent_ids[rows].tolist(), history[rows].tolist(), ended[rows].tolist(), strict=True
+            for sent, row_tokens, is_eos, row_log_prob in zip(
+                sent_ids[rows].tolist(),
+                history[rows].tolist(),
+                ended[rows].tolist(),
+                log_prob[rows].tolist(),
+                strict=True,
             ):
-                results[sent] = row_tokens[:-1] if is_eos else row_tokens
+                out = row_tokens[:-1] if is_eos else row_tokens
+                results[sent] = Hypothesis(out, row_log_prob / (len(out) + 1) ** length_penalty, row_log_prob)
             parents = (~done).nonzero(as_tuple=True)[0]
-            sent_ids, limits, history = sent_ids[parents], limits[parents], history[parents]
+            sent_ids, limits, log_prob = sent_ids[parents], limits[parents], log_prob[parents]
+            history = history[parents]
         else:
             parents = torch.arange(sent_ids.numel(), device=device)
         tokens = history[:, -1]

@@ -16,7 +16,7 @@ from mass.config import GenerationConfig, from_dict
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from mass.distributed import pick_device
 from mass.errors import MassError
-from mass.generate import DecodeStep, Sampling, beam_search, greedy_search
+from mass.generate import DecodeStep, Hypothesis, Sampling, beam_search, greedy_search
 from mass.model import MassModel, ModelConfig, reorder_cache
 
 
@@ -69,12 +69,13 @@ class Generator:
         return self.langs.index(lang)
 
     @torch.no_grad()
-    def generate_ids(
+    def generate(
         self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig
-    ) -> list[list[list[int]]]:
-        """Token ids in, n-best token ids out (in input order), batched by similar length."""
+    ) -> list[list[Hypothesis]]:
+        """Token ids in, n-best hypotheses (token ids and scores) out, in input order; batched by similar
+        length. With sampling, the n "best" are n draws, in the order drawn."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
-        results: list[list[list[int]]] = [[] for _ in sources]
+        results: list[list[Hypothesis]] = [[] for _ in sources]
         sampling = None
         if cfg.sampling:  # a generator of its own per call: the same seed and input give the same samples
             generator = torch.Generator(self.device).manual_seed(cfg.seed)
@@ -115,7 +116,7 @@ class Generator:
 
     def _search(
         self, seqs: list[list[int]], src_id: int, tgt_id: int, cfg: GenerationConfig, sampling: Sampling | None
-    ) -> list[list[list[int]]]:
+    ) -> list[list[Hypothesis]]:
         src, memory = self._encode(seqs, src_id)
         batch = src.size(0)
         mask = src != PAD_ID
@@ -138,13 +139,14 @@ class Generator:
                 max_len=max_len,
                 min_len=cfg.min_len,
                 no_repeat_ngram=cfg.no_repeat_ngram,
+                length_penalty=cfg.length_penalty,
                 sampling=sampling,
             )
             return [outs[i : i + draws] for i in range(0, rows, draws)]
         step = make_decode_step(
             self.model, memory, mask, torch.full((batch * beam,), tgt_id, device=self.device), group=beam
         )
-        hyps = beam_search(
+        return beam_search(
             step,
             batch,
             device=self.device,
@@ -157,12 +159,11 @@ class Generator:
             no_repeat_ngram=cfg.no_repeat_ngram,
             nbest=cfg.nbest,
         )
-        return [[h.tokens for h in sentence] for sentence in hyps]
 
     def translate(self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig) -> list[str]:
         """Detokenized best output per sentence."""
         ids = self.tokenizer.encode_batch(sentences)
-        return [self.tokenizer.decode(out[0]) for out in self.generate_ids(ids, src_lang, tgt_lang, cfg)]
+        return [self.tokenizer.decode(out[0].tokens) for out in self.generate(ids, src_lang, tgt_lang, cfg)]
 
 
 @contextmanager

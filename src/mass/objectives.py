@@ -95,4 +95,4 @@ def back_translate(
         )
     finally:
         model.train(was_training)
-    return seq2seq_batch(translations, sentences, via_lang, lang)
+    return seq2seq_batch([h.tokens for h in translations], sentences, via_lang, lang)

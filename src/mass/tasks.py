@@ -119,7 +119,8 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
         results = []
         for obj, sources, refs, texts in sets:
             with torch.no_grad():
-                hyps = [tokenizer.decode(o[0]) for o in generator.generate_ids(sources, obj.src, obj.tgt, cfg.generate)]
+                outs = generator.generate(sources, obj.src, obj.tgt, cfg.generate)
+                hyps = [tokenizer.decode(o[0].tokens) for o in outs]
             results.append({k: v for k, v in score(task, hyps, texts).items() if isinstance(v, float)})
             if task.metric == "bleu":
                 vectors = generator.sentence_vectors(sources, obj.src), generator.sentence_vectors(refs, obj.tgt)
