@@ -27,6 +27,8 @@ Conventions shared by both searches:
 * ``no_repeat_ngram = n > 0`` gives -inf to any token that would complete an n-gram already present in the
   row's generated tokens (BOS is not part of the history; EOS never is).
 * Sentences that are finished are compacted away, so the model works on fewer rows as the batch drains.
+* Both return ``Hypothesis`` objects: the tokens, their summed log-prob and the length-normalised score
+  (for reranking n-best lists or filtering outputs, as fairseq's and Hugging Face's scores are used).
 """
 
 from __future__ import annotations
