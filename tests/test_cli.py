@@ -285,6 +285,28 @@ def test_generate_with_sampling_draws_nbest_lines_per_input_repeatably(finetuned
     assert len(outputs[0]) == 6 and outputs[0] == outputs[1] and outputs[0] != outputs[2]
 
 
+def test_translate_prompt_and_python_api_agree_with_generate(finetuned, tmp_path, capsys, monkeypatch):
+    from mass.inference import load_generator
+
+    lines = ["le chat dort", "la maison est grande"]
+    src = tmp_path / "in.fr"
+    write_lines(src, lines)
+    assert main(["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src)]) == 0
+    expected = capsys.readouterr().out.splitlines()
+    typed = iter([lines[0], "  ", lines[1]])  # a blank line is skipped, Ctrl-D (EOFError) ends the prompt
+
+    def fake_input(prompt: str) -> str:
+        line = next(typed, None)
+        if line is None:
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["translate", str(finetuned), "--src", "fr", "--tgt", "en"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    assert load_generator(finetuned).translate(lines, "fr", "en") == expected  # the README's Python example
+
+
 def test_generate_scores_prefix_each_nbest_line_best_first(finetuned, tmp_path, capsys):
     src = tmp_path / "in.fr"
     write_lines(src, ["le chat dort", "la maison est grande"])

@@ -146,8 +146,8 @@ class GenerationConfig:
     no_repeat_ngram: int = 0
     nbest: int = 1
     max_tokens: int = 6000  # source tokens per batch
-    # Sampling draws each token instead of searching (beam and length_penalty are then unused); nbest draws
-    # that many samples per input. The same seed, input and max_tokens give the same samples.
+    # Sampling draws each token instead of searching (beam is then unused, length_penalty only normalises the
+    # scores); nbest draws that many samples per input. The same seed, input and max_tokens give the same samples.
     sampling: bool = False
     sampling_topk: int = 0  # draw among the k most probable tokens only (0: all)
     sampling_topp: float = 1.0  # nucleus: among the fewest most probable tokens holding this much probability

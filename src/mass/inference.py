@@ -160,8 +160,11 @@ class Generator:
             nbest=cfg.nbest,
         )
 
-    def translate(self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig) -> list[str]:
-        """Detokenized best output per sentence."""
+    def translate(
+        self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig | None = None
+    ) -> list[str]:
+        """Detokenized best output per sentence (beam 5 unless `cfg` says otherwise)."""
+        cfg = cfg or GenerationConfig()
         ids = self.tokenizer.encode_batch(sentences)
         return [self.tokenizer.decode(out[0].tokens) for out in self.generate(ids, src_lang, tgt_lang, cfg)]
 
