@@ -314,7 +314,9 @@ def test_generate_scores_prefix_each_nbest_line_best_first(finetuned, tmp_path, 
     assert main([*argv, "--nbest", "3"]) == 0
     plain = capsys.readouterr().out.splitlines()
     assert main([*argv, "--nbest", "3", "--scores"]) == 0
-    scored = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    assert "fr->en" in captured.err and "2/2" in captured.err  # the progress bar, on stderr only
+    scored = [line.split("\t") for line in captured.out.splitlines()]
     assert [text for _, text in scored] == plain  # the same hypotheses, each behind its score
     scores = [float(score) for score, _ in scored]
     for first in (0, 3):  # per input, best first, and each a log-prob (below zero)

@@ -189,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
             raise MassError(
                 f"line has {len(seq)} subwords, more than the model's {limit}", args.input or "<stdin>", number
             )
-    outs = generator.generate(ids, args.src, args.tgt, _generation_config(args, args.task))
+    outs = generator.generate(ids, args.src, args.tgt, _generation_config(args, args.task), progress=True)
     text = []
     for nbest in outs:
         for hyp in nbest:

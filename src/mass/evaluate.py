@@ -106,7 +106,7 @@ def evaluate_checkpoint(
             metrics = {"ppl": text_perplexity(generator, sources, refs, src, tgt)}
             hyps = []
             if task.metric != "ppl":
-                hyps = generator.translate(sources, src, tgt, gen_cfg)
+                hyps = generator.translate(sources, src, tgt, gen_cfg, progress=True)
                 metrics.update(score(task, hyps, refs))
         metrics["sentences"] = len(sources)
         result.update(metrics=metrics, src=src, tgt=tgt, generation=gen_cfg.__dict__)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from mass.batch import pad_sequences
 from mass.checkpoint import load_weights, read_checkpoint_config, resolve_checkpoint
@@ -70,10 +71,11 @@ class Generator:
 
     @torch.no_grad()
     def generate(
-        self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig
+        self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig, progress: bool = False
     ) -> list[list[Hypothesis]]:
         """Token ids in, n-best hypotheses (token ids and scores) out, in input order; batched by similar
-        length. With sampling, the n "best" are n draws, in the order drawn."""
+        length. With sampling, the n "best" are n draws, in the order drawn. `progress` shows a bar on stderr
+        (sentences done), for long files on a CPU."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
         results: list[list[Hypothesis]] = [[] for _ in sources]
         sampling = None
@@ -83,10 +85,12 @@ class Generator:
                 sampling = Sampling(cfg.sampling_topk, cfg.sampling_topp, cfg.temperature, generator)
             except ValueError as e:
                 raise MassError(str(e)) from None
-        with _eval_mode(self.model):
+        bar = tqdm(total=len(sources), desc=f"{src_lang}->{tgt_lang}", unit="sent", disable=not progress)
+        with _eval_mode(self.model), bar:
             for chunk, seqs in self._source_batches(sources, cfg.max_tokens):
                 for i, out in zip(chunk, self._search(seqs, src_id, tgt_id, cfg, sampling), strict=True):
                     results[i] = out
+                bar.update(len(chunk))
         return results
 
     @torch.no_grad()
@@ -161,12 +165,17 @@ class Generator:
         )
 
     def translate(
-        self, sentences: list[str], src_lang: str, tgt_lang: str, cfg: GenerationConfig | None = None
+        self,
+        sentences: list[str],
+        src_lang: str,
+        tgt_lang: str,
+        cfg: GenerationConfig | None = None,
+        progress: bool = False,
     ) -> list[str]:
         """Detokenized best output per sentence (beam 5 unless `cfg` says otherwise)."""
-        cfg = cfg or GenerationConfig()
         ids = self.tokenizer.encode_batch(sentences)
-        return [self.tokenizer.decode(out[0].tokens) for out in self.generate(ids, src_lang, tgt_lang, cfg)]
+        outs = self.generate(ids, src_lang, tgt_lang, cfg or GenerationConfig(), progress)
+        return [self.tokenizer.decode(out[0].tokens) for out in outs]
 
 
 @contextmanager
