@@ -199,6 +199,8 @@ def _model_checkpoint(run_dir: Path, step: int, seed: int, **config) -> Path:
 def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
     run = tmp_path / "run"
     ckpts = [_model_checkpoint(run, step, seed) for step, seed in ((100, 1), (200, 2), (300, 3))]
+    (tmp_path / ".avg.killed").mkdir()  # what a hard kill during an earlier average leaves: removed now
+    (tmp_path / ".avg.killed" / "model.safetensors").write_bytes(b"half written")
     out = average_checkpoints(ckpts, tmp_path / "avg")
     averaged = load_file(out / "model.safetensors")
     each = [load_file(c / "model.safetensors") for c in ckpts]

@@ -210,6 +210,8 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
             else:
                 total[name] = tensor.double()
     mean = {k: (v / len(sources)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
+    for stale in out.parent.glob(f".{out.name}.*"):  # the temporary of an earlier, killed average
+        shutil.rmtree(stale, ignore_errors=True)
     with _atomic_dir(out) as tmp:
         names = json.dumps([str(s) for s in sources])
         save_file(mean, tmp / "model.safetensors", metadata={"format": "pt", "averaged_from": names})
