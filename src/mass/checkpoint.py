@@ -51,8 +51,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
 @contextmanager
 def _atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary directory beside `final` to fill; then it replaces `final` in one rename (on an
-    error it is removed and `final` is left as it was)."""
+    error it is removed and `final` is left as it was). Temporaries a hard kill left for `final` go first."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         yield tmp
@@ -210,8 +212,6 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
             else:
                 total[name] = tensor.double()
     mean = {k: (v / len(sources)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
-    for stale in out.parent.glob(f".{out.name}.*"):  # the temporary of an earlier, killed average
-        shutil.rmtree(stale, ignore_errors=True)
     with _atomic_dir(out) as tmp:
         names = json.dumps([str(s) for s in sources])
         save_file(mean, tmp / "model.safetensors", metadata={"format": "pt", "averaged_from": names})

@@ -60,6 +60,11 @@ class Hypothesis:
     score: float
     log_prob: float
 
+    @classmethod
+    def scored(cls, tokens: list[int], log_prob: float, length_penalty: float) -> Hypothesis:
+        """The hypothesis with its ``score`` computed from ``log_prob`` (the one place for the formula)."""
+        return cls(tokens, log_prob / (len(tokens) + 1) ** length_penalty, log_prob)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers shared by both searches
@@ -265,7 +270,7 @@ def greedy_search(
                 strict=True,
             ):
                 out = row_tokens[:-1] if is_eos else row_tokens
-                results[sent] = Hypothesis(out, row_log_prob / (len(out) + 1) ** length_penalty, row_log_prob)
+                results[sent] = Hypothesis.scored(out, row_log_prob, length_penalty)
             parents = (~done).nonzero(as_tuple=True)[0]
             sent_ids, limits, log_prob = sent_ids[parents], limits[parents], log_prob[parents]
             history = history[parents]
@@ -346,13 +351,12 @@ def _finalise(
     sent_pos, cand_pos = top.nonzero(as_tuple=True)
     if sent_pos.numel() == 0:
         return
-    norm = (step + 1) ** length_penalty  # step tokens + EOS
     log_probs = cands.scores[sent_pos, cand_pos].tolist()
     token_lists = history[cands.rows[sent_pos, cand_pos]].tolist()
     for s, log_prob, tokens in zip(sent_pos.tolist(), log_probs, token_lists, strict=True):
         hyps = finished[sentences[s]]
         if len(hyps) < beam_size:
-            hyps.append(Hypothesis(tokens, log_prob / norm, log_prob))
+            hyps.append(Hypothesis.scored(tokens, log_prob, length_penalty))  # len(tokens) == step
 
 
 def _non_eos_first(is_eos: torch.Tensor, beam_size: int) -> torch.Tensor:
