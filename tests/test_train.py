@@ -147,6 +147,38 @@ def test_resume_equals_uninterrupted_run(data_dir, tmp_path, capsys):
     assert state_a["streams"] == state_b["streams"] and state_a["step"] == state_b["step"] == 8
 
 
+def test_tensorboard_scalars_match_the_log_across_a_crash(data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    extra = ("train.tensorboard=true", "train.eval_interval=3", "train.save_interval=100")
+    train(tiny_config(data_dir, run, *extra, "train.max_steps=4"))
+    train(tiny_config(data_dir, run, *extra, "train.max_steps=6"))
+    # A crash lost the checkpoint of step 6 after steps 5-6 were logged: the rerun redoes them from step 4.
+    shutil.rmtree(run / "checkpoints" / "step_00000006")
+    train(tiny_config(data_dir, run, *extra, "train.max_steps=8"))
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    log = read_log(run)
+    train_log = [r for r in log if "loss" in r]
+    valid_log = [r for r in log if "valid_ppl" in r]
+    # Each step once (the lost steps' first events are hidden), with the values metrics.jsonl holds.
+    assert [s for s, _ in scalars["train/loss"]] == [r["step"] for r in train_log] == list(range(1, 9))
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in train_log], rel=1e-6)
+    assert [v for _, v in scalars["train/lr"]] == pytest.approx([r["lr"] for r in train_log], rel=1e-6)
+    assert [s for s, _ in scalars["valid/ppl"]] == [r["step"] for r in valid_log] == [3, 4, 6, 8]
+    assert [v for _, v in scalars["valid/ppl"]] == pytest.approx([r["valid_ppl"] for r in valid_log], rel=1e-6)
+    assert {"train/loss_mass_en", "valid/ppl_mass_en", "valid/ppl_mass_fr"} <= scalars.keys()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed: import fails
+    with pytest.raises(MassError, match=r"tensorboard package: pip install"):
+        train(tiny_config(data_dir, tmp_path / "run", "train.tensorboard=true"))
+
+
 def test_rerunning_a_finished_run_trains_no_further(data_dir, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(data_dir, run, "train.max_steps=3"))

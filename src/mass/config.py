@@ -84,6 +84,8 @@ class TrainConfig:
         threads: CPU threads for torch (0 = torch's default).
         precision: "fp32", or "bf16" / "fp16" autocast for the forward passes (weights, gradients and Adam
             stay fp32; fp16 adds dynamic loss scaling). For GPUs: CPUs without bf16 units run it far slower.
+        tensorboard: also write every log record as TensorBoard scalars under RUN_DIR/tensorboard/ (needs the
+            `tensorboard` package: `pip install "mass[tensorboard]"`); metrics.jsonl is written either way.
     """
 
     max_steps: int = 2000
@@ -97,6 +99,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     precision: str = "fp32"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

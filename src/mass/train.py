@@ -263,12 +263,45 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new < old if lower_is_better else new > old
 
 
-def _trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint we resume from."""
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+class RunLog:
+    """A run's log: a JSON line per record in `metrics.jsonl` (what plots, studies and people read) and, with
+    `train.tensorboard`, the same numbers as TensorBoard scalars (`train/...` and `valid/...`).
+
+    Opened at the step training resumes from, it drops what was logged after that step's checkpoint (steps
+    that a crash lost and the run will redo), in both. Only the main process writes.
+    """
+
+    def __init__(self, run_dir: Path, step: int, tensorboard: bool = False, enabled: bool = True):
+        self.path, self.enabled, self.writer = run_dir / "metrics.jsonl", enabled, None
+        if not enabled:
+            return
+        if self.path.is_file():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                hint = 'pip install "mass[tensorboard]"'
+                raise MassError(f"train.tensorboard needs the tensorboard package: {hint}") from None
+            # TensorBoard hides earlier events from purge_step on, as the lines above are dropped.
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1, flush_secs=30)
+
+    def write(self, record: dict, group: str) -> None:
+        """Append `record` (it has a "step"); `group` ("train" or "valid") prefixes its TensorBoard tags."""
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.writer.add_scalar(f"{group}/{key.removeprefix('valid_')}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def train(
@@ -328,19 +361,13 @@ def train(
     elif cfg.init_from and not cfg.scratch:
         load_weights(model, resolve_checkpoint(cfg.init_from))
 
-    log_path = run_dir / "metrics.jsonl"
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-        _trim_log(log_path, step)
         if resume is not None:
             print(f"resuming from {resume} at step {step}")
+    log = RunLog(run_dir, step, cfg.train.tensorboard, enabled=info.is_main)
     ddp = DistributedDataParallel(model) if info.enabled else model
-
-    def log(record: dict) -> None:
-        if info.is_main:
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate(model, valid, info.device)
@@ -429,7 +456,7 @@ def train(
             }
             if window["bt_seconds"]:
                 record["bt_generation_share"] = window["bt_seconds"] / max(window["time"], 1e-9)
-            log(record)
+            log.write(record, "train")
             bar.set_postfix(step=step, loss=f"{record['loss']:.3f}", tok_s=f"{record['tgt_tokens_per_s']:.0f}")
             window = dict.fromkeys(window, 0.0)
             window_loss = {name: [0.0, 0.0] for name in window_loss}
@@ -437,7 +464,7 @@ def train(
         over_budget = distributed.all_reduce_sum([float(over_budget)], info.device)[0] > 0
         if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
             metrics = run_eval()
-            log({"step": step, **metrics})
+            log.write({"step": step, **metrics}, "valid")
             bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
             checkpoint(metrics)
             if cfg.train.patience and bad_evals >= cfg.train.patience:
@@ -451,14 +478,15 @@ def train(
     bar.close()
     if not stopped_early:
         metrics = run_eval()
-        log({"step": step, **metrics})
+        log.write({"step": step, **metrics}, "valid")
         if info.is_main:
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
         checkpoint(metrics)
+    log.close()
     if info.is_main and not finished:
         from mass.plots import plot_metrics
 
-        plot_metrics(log_path, run_dir / "curves.png")
+        plot_metrics(log.path, run_dir / "curves.png")
     distributed.teardown()
     return metrics
 
