@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/pip install --quiet -e ".[hf]"
 	$(BIN)/python benchmarks/pretrain_speed.py
 
 clean:

@@ -64,6 +64,7 @@ from mass.config import GenerationConfig
 from mass.data.binarize import DataDir, load_data_dir
 from mass.data.corpus import prepare_corpus, prepare_embedded
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mass.export import to_bart
 from mass.inference import Generator, load_generator
 from mass.model import PRESETS, MassModel, ModelConfig, count_parameters
 
@@ -85,42 +86,6 @@ def test_sentences(data: DataDir, count: int, length: int, spread: int) -> list[
     if len(picked) < count:
         raise SystemExit(f"only {len(picked)} test sentences of {length}+-{spread} subwords")
     return [array[i].tolist() for i in picked]
-
-
-def bart_config(cfg: ModelConfig):
-    """The pre-training benchmark's same-size `BartConfig`, set up for generation."""
-    config = pretrain_speed.bart_config(cfg)
-    config.use_cache = True
-    config.forced_bos_token_id = None
-    return config
-
-
-@torch.no_grad()
-def copy_into_bart(ours: MassModel, bart, langs: list[str]) -> None:
-    """Give `bart` the weights of `ours`, language embeddings folded into the position tables."""
-    lang = {name: ours.embed.langs.weight[langs.index(name)] for name in (SRC, TGT)}
-    positions = ours.embed.positions.weight
-    offset = bart.model.encoder.embed_positions.offset  # BART's learned positions start at row 2
-    bart.model.shared.weight.copy_(ours.embed.tokens.weight)
-    bart.final_logits_bias.copy_(ours.output_bias[None])
-    for side, norm, layers, side_lang in (
-        (bart.model.encoder, ours.encoder_norm, ours.encoder_layers, lang[SRC]),
-        (bart.model.decoder, ours.decoder_norm, ours.decoder_layers, lang[TGT]),
-    ):
-        side.embed_positions.weight.zero_()
-        side.embed_positions.weight[offset:].copy_(positions + side_lang)
-        side.layernorm_embedding.load_state_dict(norm.state_dict())
-        for mine, theirs in zip(layers, side.layers, strict=True):
-            theirs.self_attn.load_state_dict(mine.self_attn.state_dict())
-            self_block = mine.self_block if hasattr(mine, "self_block") else mine.attn_block  # decoder / encoder
-            theirs.self_attn_layer_norm.load_state_dict(self_block.norm.state_dict())
-            if hasattr(mine, "cross_attn"):
-                theirs.encoder_attn.load_state_dict(mine.cross_attn.state_dict())
-                theirs.encoder_attn_layer_norm.load_state_dict(mine.cross_block.norm.state_dict())
-            theirs.fc1.load_state_dict(mine.ffn.fc1.state_dict())
-            theirs.fc2.load_state_dict(mine.ffn.fc2.state_dict())
-            theirs.final_layer_norm.load_state_dict(mine.ffn_block.norm.state_dict())
-    assert bart.lm_head.weight.data_ptr() == bart.model.shared.weight.data_ptr(), "BART's output is not tied"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +278,6 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    from transformers import BartForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -333,8 +297,7 @@ def main() -> None:
         model_name = f"trained model {args.checkpoint}"
     model = generator.model
     sources = test_sentences(data, args.sentences, args.src_len, 2)
-    bart = BartForConditionalGeneration(bart_config(cfg)).eval()
-    copy_into_bart(model, bart, generator.langs)
+    bart = to_bart(model, generator.langs.index(SRC), generator.langs.index(TGT))  # the same function
     ours = build_ours(generator, sources, args.length, forced)
     hf = build_hf(bart, sources, args.length, forced)
     mean_src = sum(map(len, sources)) / len(sources)
@@ -349,7 +312,7 @@ def main() -> None:
     agreement, out_len = {}, {}
     with torch.inference_mode():
         for beam in beams:  # warm-up, and the check that both do the same work and compute the same function
-            for _ in range(args.warmup):
+            for _ in range(max(args.warmup, 1)):  # at least one: its outputs are checked
                 outs = {system.name: system.run(beam) for system in (ours, hf)}
             for name, out in outs.items():
                 check_outputs(f"{name} {decoding_name(beam)}", out, len(sources), args.length, forced)

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 from matmul_peak import matmul_gflops
 
+from mass import export
 from mass.batch import Batch, pad_sequences
 from mass.data.batching import token_budget_batches
 from mass.data.binarize import TokenArray, load_data_dir
 from mass.data.corpus import prepare_embedded
 from mass.data.streams import BatchStream, batch_generator, kept_examples, mass_collate
-from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mass.data.tokenizer import PAD_ID
 from mass.masking import MaskConfig, mass_batch
 from mass.model import PRESETS, MassModel, ModelConfig, count_parameters
 from mass.objectives import seq2seq_loss
@@ -171,31 +172,11 @@ def build_ours(cfg: ModelConfig, arrays: list[TokenArray], max_tokens: int) -> S
 
 
 def bart_config(cfg: ModelConfig):
-    """A `BartConfig` of the same size as `cfg`: post-norm, GELU, learned positions, tied embeddings."""
-    from transformers import BartConfig
-
-    return BartConfig(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.embed_dim,
-        encoder_layers=cfg.encoder_layers,
-        decoder_layers=cfg.decoder_layers,
-        encoder_attention_heads=cfg.num_heads,
-        decoder_attention_heads=cfg.num_heads,
-        encoder_ffn_dim=cfg.ffn_dim,
-        decoder_ffn_dim=cfg.ffn_dim,
-        max_position_embeddings=cfg.max_positions,
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout,
-        activation_dropout=cfg.dropout,  # ours drops out after the feed-forward GELU too
-        activation_function="gelu",
-        scale_embedding=False,
-        pad_token_id=PAD_ID,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        decoder_start_token_id=BOS_ID,
-        forced_eos_token_id=None,
-        use_cache=False,
-    )
+    """`mass export`'s `BartConfig` of the same size as `cfg` (post-norm, GELU, learned positions, tied
+    embeddings), for training: no generation cache."""
+    config = export.bart_config(cfg)
+    config.use_cache = False
+    return config
 
 
 def build_bart(cfg: ModelConfig, arrays: list[TokenArray], batch_size: int) -> System:

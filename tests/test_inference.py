@@ -1,5 +1,5 @@
 """The model side of generation: the KV-cached `decode_step` against a full re-decode, a tiny model that learned
-to reverse its input generating exact answers through `Generator.generate_ids`, and the Generator's
+to reverse its input generating exact answers through `Generator.generate`, and the Generator's
 bookkeeping (languages, training mode, input order)."""
 
 from __future__ import annotations

