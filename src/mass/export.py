@@ -95,8 +95,15 @@ def to_bart(model: MassModel, src_lang: int, tgt_lang: int):
 
 def hf_tokenizer(spm_path: Path):
     """Our SentencePiece model as a `transformers` fast tokenizer: the same ids, `</s>` appended (what our
-    encoder reads), special pieces dropped by `decode(..., skip_special_tokens=True)`."""
-    from sentencepiece import sentencepiece_model_pb2
+    encoder reads), special pieces dropped by `decode(..., skip_special_tokens=True)`.
+
+    Two differences, both `transformers` conventions: a literal "<mask>", "</s>"... in the text is read as
+    that special piece, and without byte fallback (vocabularies under 2,000) an unknown piece decodes to
+    nothing where SentencePiece writes " ⁇ "."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2  # reading the model's normaliser needs protobuf
+    except ImportError:
+        raise MassError('exporting the tokenizer needs protobuf: pip install "mass[hf]"') from None
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
 
@@ -126,7 +133,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str) -> Path:
     from mass.inference import load_generator
 
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
         raise MassError("exists and is not an earlier export; give a new or empty directory", out)
     generator = load_generator(checkpoint)
     bart = to_bart(generator.model, generator.lang_id(src), generator.lang_id(tgt))
