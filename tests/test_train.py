@@ -128,6 +128,8 @@ def test_resume_equals_uninterrupted_run(data_dir, tmp_path, capsys):
     crashed = run_b / "checkpoints" / ".step_00000006.x1y2z3"
     crashed.mkdir()
     (crashed / "model.safetensors").write_bytes(b"half a file")
+    with (run_b / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 7, "loss": 3.')  # and the kill cut a log line short
     train(tiny_config(data_dir, run_b, *extra, "train.max_steps=8"))
     out = capsys.readouterr().out
     assert "resuming from" in out and "step_00000004 at step 4" in out  # the temporary is not a checkpoint

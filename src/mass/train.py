@@ -263,6 +263,14 @@ def _better(metric: str, new: float, old: float | None) -> bool:
     return new < old if lower_is_better else new > old
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; infinity for a blank line or one a kill cut short (dropped)."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class RunLog:
     """A run's log: a JSON line per record in `metrics.jsonl` (what plots, studies and people read) and, with
     `train.tensorboard`, the same numbers as TensorBoard scalars (`train/...` and `valid/...`).
@@ -276,8 +284,7 @@ class RunLog:
         if not enabled:
             return
         if self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+            kept = [ln for ln in self.path.read_text().splitlines() if _logged_step(ln) <= step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         if tensorboard:
             try:
