@@ -1,5 +1,5 @@
 """`mass export`: the exported Hugging Face BART computes our model's function for the exported direction
-(logits, greedy outputs), its tokenizer gives SentencePiece's ids and text back, and the command writes a
+(logits, training loss, greedy outputs), its tokenizer gives SentencePiece's ids and text back, and the command writes a
 directory `from_pretrained` loads offline, or refuses with a clear error."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import transformers
 from helpers import fast_training, make_data_dir, tiny_config
 
-from mass.batch import pad_sequences
+from mass.batch import pad_sequences, seq2seq_batch
 from mass.cli import main
 from mass.config import GenerationConfig
 from mass.data.corpus import export_corpus
@@ -21,6 +21,7 @@ from mass.errors import MassError
 from mass.export import export_hf, hf_tokenizer, to_bart
 from mass.inference import Generator, load_generator
 from mass.model import MassModel, tiny
+from mass.objectives import seq2seq_loss
 from mass.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,6 +63,18 @@ def test_bart_computes_our_function(encoder_lang_embed):
         torch.testing.assert_close(theirs[real], ours[real], atol=2e-5, rtol=1e-5)
     # The other direction's languages give other logits: the fold is per direction.
     assert not torch.allclose(to_bart(model, 1, 0)(input_ids=src, decoder_input_ids=tgt).logits[real], theirs[real])
+
+
+def test_bart_training_loss_equals_ours():
+    """Training the export with transformers' `labels` continues our fine-tuning objective."""
+    model = peaked_model(encoder_lang_embed=True)
+    srcs = sources()
+    batch = seq2seq_batch(srcs, [s[::-1] for s in srcs], 0, 1)
+    _, stats = seq2seq_loss(model, batch)
+    labels = batch.target.masked_fill(batch.target == PAD_ID, -100)  # transformers' "no label"
+    with torch.no_grad():
+        theirs = to_bart(model, 0, 1)(input_ids=batch.src_tokens, attention_mask=batch.memory_mask, labels=labels)
+    assert theirs.loss.item() == pytest.approx(stats["nll"] / stats["tokens"], rel=1e-5)
 
 
 def test_bart_greedy_generate_equals_ours():

@@ -4,7 +4,7 @@ BART is our architecture (post-norm, GELU, learned positions, tied embeddings wi
 on the embeddings) except for the language embeddings. Those are constant over a sentence, so the source
 language's is folded into the encoder's position table and the target language's into the decoder's: the
 exported model computes exactly our function for that direction, and `transformers` users get
-`generate()`, pipelines and their own fine-tuning on it. Pre-norm models have no BART equivalent (BART
+`generate()` and their own training loops on it. Pre-norm models have no BART equivalent (BART
 normalises the embeddings, our pre-norm does not) and are refused.
 """
 
