@@ -138,12 +138,15 @@ def test_mass_export_writes_what_from_pretrained_loads(run, tmp_path, capsys):
     out = tmp_path / "fr-en-hf"
     assert main(["export", str(run), str(out), "--src", "fr", "--tgt", "en"]) == 0
     assert str(out) in capsys.readouterr().out
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"} <= {
         p.name for p in out.iterdir()
     }
     bart = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert bart.generation_config.num_beams == 5 and bart.generation_config.decoder_start_token_id == BOS_ID
+    assert (bart.config.mass_src, bart.config.mass_tgt) == ("fr", "en")
+    assert Path(bart.config.mass_checkpoint).parent == run / "checkpoints"
+    assert "language: [fr, en]" in (out / "README.md").read_text()  # the model card
 
     generator = load_generator(run)  # the checkpoint as `mass generate` loads it
     line = "the cat sees the dog"

@@ -128,19 +128,51 @@ def hf_tokenizer(spm_path: Path):
 
 
 def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str) -> Path:
-    """Write `out/` (config, safetensors weights, generation defaults, tokenizer) for `src` -> `tgt`; it loads
-    with `from_pretrained(out)` offline. `out` is replaced in one rename, and only if it is an earlier export."""
+    """Write `out/` (config, safetensors weights, generation defaults, tokenizer, a model card) for `src` ->
+    `tgt`; it loads with `from_pretrained(out)` offline. `out` is replaced in one rename, and only if it is an
+    earlier export. The config records where it came from (`mass_checkpoint`, `mass_src`, `mass_tgt`)."""
+    from mass.checkpoint import resolve_checkpoint
     from mass.inference import load_generator
 
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
         raise MassError("exists and is not an earlier export; give a new or empty directory", out)
+    checkpoint = resolve_checkpoint(checkpoint)
     generator = load_generator(checkpoint)
     bart = to_bart(generator.model, generator.lang_id(src), generator.lang_id(tgt))
+    bart.config.update({"mass_checkpoint": str(checkpoint), "mass_src": src, "mass_tgt": tgt})
     # Our translation defaults; max_length counts the start token, so the decoder fills every position.
     bart.generation_config.update(num_beams=5, early_stopping=True, max_length=generator.model.cfg.max_positions)
     tokenizer = hf_tokenizer(generator.tokenizer.path)
     with atomic_dir(out) as tmp:
         bart.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(_model_card(checkpoint, src, tgt, generator.model), encoding="utf-8")
     return out
+
+
+def _model_card(checkpoint: Path, src: str, tgt: str, model: MassModel) -> str:
+    cfg = model.cfg
+    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+    layers = f"{cfg.encoder_layers}+{cfg.decoder_layers} layers of {cfg.embed_dim}"
+    return f"""---
+language: [{src}, {tgt}]
+library_name: transformers
+pipeline_tag: text2text-generation
+tags: [mass, translation, bart]
+---
+
+# {src} -> {tgt} ({Path(checkpoint).name})
+
+A MASS encoder-decoder ({size}, {layers}) exported by `mass export` from `{checkpoint}` for one direction,
+{src} -> {tgt}: its language embeddings are folded into BART's position tables, so this BART computes the
+MASS model's function for that direction. The tokenizer is its SentencePiece model (`</s>` appended).
+
+```python
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(PATH), AutoTokenizer.from_pretrained(PATH)
+batch = tokenizer(["..."], return_tensors="pt", padding=True)
+print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))  # beam 5
+```
+"""
