@@ -81,13 +81,13 @@ def test_bart_greedy_generate_equals_ours():
     model = peaked_model(encoder_lang_embed=True)
     with torch.no_grad():
         model.output_bias[EOS_ID] = 7.0  # some outputs end on EOS (after min_len), others at the length limit
-    seqs, max_len, min_len = sources(), 12, 2
+    seqs, max_len, min_len = sources(), 12, 2  # transformers' max_new_tokens counts EOS: 13
     cfg = GenerationConfig(beam=1, max_len_a=0, max_len_b=max_len, min_len=min_len)
     ours = Generator(model, None, ["en", "fr"]).generate(seqs, "en", "fr", cfg)
     src = pad_sequences([s + [EOS_ID] for s in seqs])
     bart = to_bart(model, 0, 1)
-    out = bart.generate(  # greedy
-        src, attention_mask=src != PAD_ID, do_sample=False, min_new_tokens=min_len, max_new_tokens=max_len + 1
+    out = bart.generate(
+        src, attention_mask=src != PAD_ID, num_beams=1, do_sample=False, min_new_tokens=min_len, max_new_tokens=13
     )
     theirs = []
     for row in out[:, 1:].tolist():  # after the start token; up to EOS, at most max_len tokens (ours' limit)
