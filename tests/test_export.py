@@ -182,5 +182,5 @@ def test_export_refusals(run, tmp_path, capsys):
 
 def test_export_without_transformers_is_a_clear_error(run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: import fails
-    with pytest.raises(MassError, match=r'pip install "mass\[hf\]"'):
+    with pytest.raises(MassError, match=r'pip install -e "\.\[hf\]"'):
         export_hf(run, tmp_path / "out", "fr", "en")

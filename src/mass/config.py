@@ -85,7 +85,7 @@ class TrainConfig:
         precision: "fp32", or "bf16" / "fp16" autocast for the forward passes (weights, gradients and Adam
             stay fp32; fp16 adds dynamic loss scaling). For GPUs: CPUs without bf16 units run it far slower.
         tensorboard: also write every log record as TensorBoard scalars under RUN_DIR/tensorboard/ (needs the
-            `tensorboard` package: `pip install "mass[tensorboard]"`); metrics.jsonl is written either way.
+            `tensorboard` package: `pip install -e ".[tensorboard]"`); metrics.jsonl is written either way.
     """
 
     max_steps: int = 2000

@@ -24,7 +24,7 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise MassError('exporting needs the transformers package: pip install "mass[hf]"') from None
+        raise MassError('exporting needs the transformers package: pip install -e ".[hf]"') from None
     return transformers
 
 
@@ -103,7 +103,7 @@ def hf_tokenizer(spm_path: Path):
     try:
         from sentencepiece import sentencepiece_model_pb2  # reading the model's normaliser needs protobuf
     except ImportError:
-        raise MassError('exporting the tokenizer needs protobuf: pip install "mass[hf]"') from None
+        raise MassError('exporting the tokenizer needs protobuf: pip install -e ".[hf]"') from None
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
 

@@ -290,7 +290,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                hint = 'pip install "mass[tensorboard]"'
+                hint = 'pip install -e ".[tensorboard]"'
                 raise MassError(f"train.tensorboard needs the tensorboard package: {hint}") from None
             # TensorBoard hides earlier events from purge_step on, as the lines above are dropped.
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1, flush_secs=30)
