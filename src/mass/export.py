@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from mass.checkpoint import atomic_dir
-from mass.data.tokenizer import BOS_ID, EOS_ID, MASK_PIECE, PAD_ID, UNK_ID
+from mass.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 from mass.errors import MassError
-from mass.model import MassModel, ModelConfig
+from mass.model import MassModel, ModelConfig, count_parameters
 
 
 def _transformers():
@@ -119,9 +119,11 @@ def hf_tokenizer(spm_path: Path):
     tokenizer.decoder = decoders.Sequence(
         [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
-    specials = {"pad": "<pad>", "unk": "<unk>", "bos": "<s>", "eos": "</s>", "mask": MASK_PIECE}
+    ids = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID, "mask": MASK_ID}
+    specials = {name: proto.pieces[i].piece for name, i in ids.items()}  # the model's own names for them
     tokenizer.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS_ID)])
+    eos = specials["eos"]
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, EOS_ID)])
     return _transformers().PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, **{f"{name}_token": piece for name, piece in specials.items()}
     )
@@ -153,7 +155,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str) -> Path:
 
 def _model_card(checkpoint: Path, src: str, tgt: str, model: MassModel) -> str:
     cfg = model.cfg
-    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+    size = f"{count_parameters(model) / 1e6:.1f}M parameters"
     layers = f"{cfg.encoder_layers}+{cfg.decoder_layers} layers of {cfg.embed_dim}"
     return f"""---
 language: [{src}, {tgt}]
