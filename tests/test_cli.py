@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import fast_training, synthetic_pairs, tiny_overrides, write_corpus, write_lines
+from helpers import fast_training, read_log, synthetic_pairs, tiny_overrides, write_corpus, write_lines
 from safetensors.torch import load_file, save_file
 
 from mass.checkpoint import latest_checkpoint
@@ -427,3 +427,57 @@ def test_single_language_model_needs_no_direction(data_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(run), "--input", str(src)]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "langs, task, trained, given, expected",
+    [
+        (["en", "fr"], "mt", None, (None, None), ("fr", "en")),
+        (["en", "fr"], "summarization", None, (None, None), ("en", "en")),  # not French into English
+        (["en", "fr"], "dialogue", None, ("fr", None), ("fr", "fr")),  # the target follows the source
+        (["de", "fr"], "summarization", None, (None, None), ("de", "de")),
+        (["en"], "mt", None, (None, None), ("en", "en")),
+        (["en", "fr"], "mt", ("en", "fr"), (None, None), ("en", "fr")),  # the fine-tuned direction
+        (["en", "fr"], "mt", ("en", "en"), (None, None), ("en", "en")),  # a summarizer, task not named
+        (["en", "fr"], "mt", ("en", "fr"), ("fr", "en"), ("fr", "en")),  # what is asked for wins
+    ],
+)
+def test_default_direction(langs, task, trained, given, expected):
+    from argparse import Namespace
+
+    from mass.cli import _direction
+
+    args = Namespace(src=given[0], tgt=given[1])
+    _direction(args, langs, task, trained)
+    assert (args.src, args.tgt) == expected
+
+
+def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tmp_path, capsys):
+    """The README's route for one's own summaries (Gigaword-style line files): prepared as sides src/tgt with
+    the pre-trained model's tokenizer, fine-tuned and scored as English -> English though the model knows
+    en and fr; generation from the fine-tuned run needs no direction."""
+    en = Path(corpus["train"] + ".en").read_text(encoding="utf-8").splitlines()
+    text = tmp_path / "giga"
+    for split, lines in (("train", en[:200]), ("valid", en[200:240])):
+        write_lines(text / f"{split}.src", lines)
+        write_lines(text / f"{split}.tgt", [" ".join(line.split()[:3]) for line in lines])
+    data, run = tmp_path / "bin", tmp_path / "summ"
+    spm = latest_checkpoint(run_dir) / "spm.model"
+    argv = ["prepare", "--langs", "src,tgt", "--train", str(text / "train"), "--valid", str(text / "valid")]
+    assert main([*argv, "--out", str(data), "--parallel", "--tokenizer", str(spm)]) == 0
+    overrides = [o for o in tiny_overrides(data, run, "train.max_steps=2") if not o.startswith("model.preset=")]
+    with fast_training():
+        assert main(["finetune", "--task", "summarization", "--from", str(run_dir), *overrides]) == 0
+    last = read_log(run)[-1]
+    assert "valid_ppl_en-en" in last and "rougeL" in last
+
+    valid = [str(text / "valid.src"), "--reference", str(text / "valid.tgt"), "--limit", "8"]
+    assert main(["evaluate", str(run), "--task", "summarization", "--input", *valid]) == 0
+    result = json.loads((run / "eval" / "summarization-en-en-valid.src.json").read_text(encoding="utf-8"))
+    assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
+    assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"])
+
+    capsys.readouterr()
+    assert main(["generate", str(run), "--input", str(text / "valid.src")]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 40 and "en->en" in err

@@ -102,7 +102,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.init_from:
         defaults += init_overrides(args.init_from, args.scratch)
     cfg = load_config(config, defaults + overrides)
-    _direction(args, cfg.data.langs)
+    _direction(args, cfg.data.langs, args.task)
     if not cfg.objectives:
         cfg.objectives = [task_objective(task, args.src, args.tgt)]
     obj = cfg.objectives[0]
@@ -148,17 +148,41 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     print((root / "results.md").read_text())
 
 
-def _direction(args: argparse.Namespace, langs: list[str]) -> None:
-    """Fills in --src/--tgt left out: the model's language if it has one (summarization, dialogue), else fr -> en."""
-    args.src = args.src or (langs[0] if len(langs) == 1 else "fr")
-    args.tgt = args.tgt or (langs[0] if len(langs) == 1 else "en")
+def _direction(args: argparse.Namespace, langs: list[str], task: str = "mt", trained: tuple | None = None) -> None:
+    """Fills in --src/--tgt left out.
+
+    Both left out on a fine-tuned model: the direction it was fine-tuned on (`trained`). Otherwise
+    summarization and dialogue read and write one language, so --tgt follows --src, which defaults to
+    English if the model has it (a MASS model pre-trained on en+fr summarizes English, not French into
+    English); translation defaults to fr -> en; a one-language model has only its language.
+    """
+    from mass.tasks import TASKS
+
+    if trained and not args.src and not args.tgt:
+        args.src, args.tgt = trained
+    elif len(langs) == 1 or (task in TASKS and TASKS[task].src_data):
+        args.src = args.src or ("en" if "en" in langs else langs[0])
+        args.tgt = args.tgt or args.src
+    else:
+        args.src = args.src or "fr"
+        args.tgt = args.tgt or "en"
+
+
+def _checkpoint_direction(args: argparse.Namespace, ckpt: Path, task: str = "mt") -> None:
+    """`_direction` for a saved model: its languages, and its direction if it was fine-tuned on one."""
+    from mass.checkpoint import read_checkpoint_config
+
+    saved = read_checkpoint_config(ckpt)
+    pairs = [(o["src"], o["tgt"]) for o in saved.get("objectives") or [] if o.get("name") == "translate"]
+    _direction(args, saved["data"]["langs"], task, pairs[0] if len(pairs) == 1 else None)
 
 
 def _load(args: argparse.Namespace):
+    from mass.checkpoint import resolve_checkpoint
     from mass.inference import load_generator
 
     generator = load_generator(args.checkpoint, args.device)
-    _direction(args, generator.langs)
+    _checkpoint_direction(args, resolve_checkpoint(args.checkpoint), getattr(args, "task", "mt"))
     return generator
 
 
@@ -220,11 +244,11 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from mass.checkpoint import resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
-    _direction(args, read_checkpoint_config(ckpt)["data"]["langs"])
+    _checkpoint_direction(args, ckpt, args.task)
     result = evaluate_checkpoint(
         ckpt,
         task_name=args.task,
@@ -263,12 +287,12 @@ def cmd_average(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
+    from mass.checkpoint import resolve_checkpoint
     from mass.export import export_hf, quiet_transformers
 
     quiet_transformers()
     ckpt = resolve_checkpoint(args.checkpoint)
-    _direction(args, read_checkpoint_config(ckpt)["data"]["langs"])
+    _checkpoint_direction(args, ckpt)
     out = export_hf(ckpt, Path(args.out), args.src, args.tgt)
     print(f"wrote {out}: {args.src} -> {args.tgt} as a Hugging Face BART (AutoModelForSeq2SeqLM, AutoTokenizer)")
 
@@ -279,10 +303,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(run_demo(Path(args.run_dir), args.minutes, args.pairs, args.test_sentences))
 
 
+SRC_HELP = "source language (default: the fine-tuned direction, else fr; en for summarization and dialogue)"
+TGT_HELP = "target language (default: the fine-tuned direction, else en; for summarization and dialogue: --src)"
+
+
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory (its best checkpoint) or a checkpoint directory")
-    p.add_argument("--src", help="source language (default: fr, or the model's only language)")
-    p.add_argument("--tgt", help="target language (default: en, or the model's only language)")
+    p.add_argument("--src", help=SRC_HELP)
+    p.add_argument("--tgt", help=TGT_HELP)
     p.add_argument("--beam", type=int, help="beam size (1 = greedy)")
     p.add_argument("--length-penalty", dest="length_penalty", type=float)
     p.add_argument("--min-len", dest="min_len", type=int)
@@ -330,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="init_from", help="pre-trained checkpoint or run directory")
     p.add_argument("--scratch", action="store_true", help="with --from: its architecture, not its weights")
     p.add_argument("--task", default="mt", help="mt, summarization or dialogue")
-    p.add_argument("--src", help="source language (default: fr, or the data's only language)")
-    p.add_argument("--tgt", help="target language (default: en, or the data's only language)")
+    p.add_argument("--src", help="source language (default: fr; en for summarization and dialogue)")
+    p.add_argument("--tgt", help="target language (default: en; for summarization and dialogue: --src)")
     p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per evaluation")
     p.set_defaults(func=cmd_finetune)
 
@@ -357,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="one direction of a checkpoint as a Hugging Face BART model and tokenizer")
     p.add_argument("checkpoint", help="run directory (its best checkpoint) or checkpoint directory")
     p.add_argument("out", help="output directory for transformers' from_pretrained")
-    p.add_argument("--src", help="source language (default: fr, or the model's only language)")
-    p.add_argument("--tgt", help="target language (default: en, or the model's only language)")
+    p.add_argument("--src", help=SRC_HELP)
+    p.add_argument("--tgt", help=TGT_HELP)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
