@@ -455,7 +455,7 @@ def test_default_direction(langs, task, trained, given, expected):
 def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tmp_path, capsys):
     """The README's route for one's own summaries (Gigaword-style line files): prepared as sides src/tgt with
     the pre-trained model's tokenizer, fine-tuned and scored as English -> English though the model knows
-    en and fr; generation from the fine-tuned run needs no direction."""
+    en and fr; scoring and generating with the fine-tuned run need neither task nor direction."""
     en = Path(corpus["train"] + ".en").read_text(encoding="utf-8").splitlines()
     text = tmp_path / "giga"
     for split, lines in (("train", en[:200]), ("valid", en[200:240])):
@@ -471,13 +471,16 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     last = read_log(run)[-1]
     assert "valid_ppl_en-en" in last and "rougeL" in last
 
+    # No --task, --src, --tgt: the run's own task (its decoding defaults, its metrics) and direction.
     valid = [str(text / "valid.src"), "--reference", str(text / "valid.tgt"), "--limit", "8"]
-    assert main(["evaluate", str(run), "--task", "summarization", "--input", *valid]) == 0
+    assert main(["evaluate", str(run), "--input", *valid]) == 0
     result = json.loads((run / "eval" / "summarization-en-en-valid.src.json").read_text(encoding="utf-8"))
     assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
-    assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"])
+    assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"]) and result["generation"]["no_repeat_ngram"] == 3
 
     capsys.readouterr()
     assert main(["generate", str(run), "--input", str(text / "valid.src")]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 40 and "en->en" in err
+    assert main(["generate", str(run), "--input", str(text / "valid.src"), "--task", "summarization"]) == 0
+    assert capsys.readouterr().out == out

@@ -168,13 +168,20 @@ def _direction(args: argparse.Namespace, langs: list[str], task: str = "mt", tra
         args.tgt = args.tgt or "en"
 
 
-def _checkpoint_direction(args: argparse.Namespace, ckpt: Path, task: str = "mt") -> None:
-    """`_direction` for a saved model: its languages, and its direction if it was fine-tuned on one."""
+def _checkpoint_defaults(args: argparse.Namespace, ckpt: Path) -> None:
+    """Fills in --task, --src and --tgt left out from what a saved model was fine-tuned on, so that a
+    summarizer summarizes (with summarization's decoding defaults) in the direction it learned."""
     from mass.checkpoint import read_checkpoint_config
+    from mass.tasks import TASKS
 
     saved = read_checkpoint_config(ckpt)
-    pairs = [(o["src"], o["tgt"]) for o in saved.get("objectives") or [] if o.get("name") == "translate"]
-    _direction(args, saved["data"]["langs"], task, pairs[0] if len(pairs) == 1 else None)
+    tuned = [o for o in saved.get("objectives") or [] if o.get("name") == "translate"]
+    if getattr(args, "task", "mt") is None:
+        corpus, sides = saved["data"].get("corpus"), [o.get("src_data", "") for o in tuned]
+        found = [name for name, task in TASKS.items() if sides == [task.src_data] and task.corpus == corpus]
+        args.task = found[0] if found else "mt"
+    trained = (tuned[0]["src"], tuned[0]["tgt"]) if len(tuned) == 1 else None
+    _direction(args, saved["data"]["langs"], getattr(args, "task", "mt"), trained)
 
 
 def _load(args: argparse.Namespace):
@@ -182,7 +189,7 @@ def _load(args: argparse.Namespace):
     from mass.inference import load_generator
 
     generator = load_generator(args.checkpoint, args.device)
-    _checkpoint_direction(args, resolve_checkpoint(args.checkpoint), getattr(args, "task", "mt"))
+    _checkpoint_defaults(args, resolve_checkpoint(args.checkpoint))
     return generator
 
 
@@ -232,7 +239,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_translate(args: argparse.Namespace) -> None:
     generator = _load(args)
     generator.lang_id(args.src), generator.lang_id(args.tgt)
-    cfg = _generation_config(args)
+    cfg = _generation_config(args, args.task)
     print(f"{args.src} -> {args.tgt}; one sentence per line, Ctrl-D to quit", file=sys.stderr)
     while True:
         try:
@@ -248,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.evaluate import evaluate_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
-    _checkpoint_direction(args, ckpt, args.task)
+    _checkpoint_defaults(args, ckpt)
     result = evaluate_checkpoint(
         ckpt,
         task_name=args.task,
@@ -292,7 +299,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     quiet_transformers()
     ckpt = resolve_checkpoint(args.checkpoint)
-    _checkpoint_direction(args, ckpt)
+    _checkpoint_defaults(args, ckpt)
     out = export_hf(ckpt, Path(args.out), args.src, args.tgt)
     print(f"wrote {out}: {args.src} -> {args.tgt} as a Hugging Face BART (AutoModelForSeq2SeqLM, AutoTokenizer)")
 
@@ -304,6 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 SRC_HELP = "source language (default: the fine-tuned direction, else fr; en for summarization and dialogue)"
+TASK_DEFAULT = "default: the task the run was fine-tuned on, else mt"
 TGT_HELP = "target language (default: the fine-tuned direction, else en; for summarization and dialogue: --src)"
 
 
@@ -398,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="translate/summarize a file or stdin, one sentence per line")
     _add_generation_args(p)
-    p.add_argument("--task", default="mt", help="decoding defaults of this task")
+    p.add_argument("--task", help=f"decoding defaults of this task ({TASK_DEFAULT})")
     p.add_argument("--input", help="input file (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--nbest", type=int, help="hypotheses per input, best first (with --sampling: samples)")
@@ -411,13 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("translate", help="interactive translation prompt")
     _add_generation_args(p)
-    p.set_defaults(func=cmd_translate)
+    p.set_defaults(func=cmd_translate, task=None)  # decoding defaults: the run's fine-tuning task
 
     p = sub.add_parser(
         "evaluate", help="score a checkpoint: BLEU/chrF, ROUGE, perplexity, MASS perplexity, cross-lingual retrieval"
     )
     _add_generation_args(p)
-    p.add_argument("--task", default="mt", help="mt, summarization, dialogue, mass or align (retrieval)")
+    p.add_argument("--task", help=f"mt, summarization, dialogue, mass or align (retrieval) ({TASK_DEFAULT})")
     p.add_argument("--split", default="test", help="split of the shipped corpus (default: test)")
     p.add_argument("--input", help="source file instead of the shipped split")
     p.add_argument("--reference", help="reference file (with --input)")
