@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mass.data.formats import read_cornell, read_line_pairs, write_corpus_dir, write_pairs
+from mass.data.formats import build_cornell, read_cornell, read_line_pairs, write_corpus_dir, write_pairs
 from mass.errors import MassError
 
 SEP = " +++$+++ "
@@ -110,3 +110,58 @@ def test_write_corpus_dir_replaces_whole_dir(tmp_path: Path) -> None:
         write_corpus_dir(out, {"train.src": [""]}, {"n": 2}, "readme")
     assert (out / "train.src.xz").is_file() and json.loads((out / "meta.json").read_text()) == {"n": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def _cornell_movies(root: Path, movies: int) -> Path:
+    """A release directory with `movies` movies of one three-utterance conversation each (two pairs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines, convs = [], []
+    for m in range(movies):
+        ids = [f"L{m}x{k}" for k in range(3)]
+        words = [f"hello from movie {m}", f"reply in movie {m}", f"last word {m}"]
+        lines += [f"{i}{SEP}u{k % 2}{SEP}m{m}{SEP}N{SEP}{w}" for k, (i, w) in enumerate(zip(ids, words, strict=True))]
+        convs.append(f"u0{SEP}u1{SEP}m{m}{SEP}{ids!r}")
+    _write(root / "movie_lines.txt", "\n".join(lines) + "\n", "iso-8859-1")
+    _write(root / "movie_conversations.txt", "\n".join(convs) + "\n", "iso-8859-1")
+    return root
+
+
+def test_build_cornell_splits_by_movie(tmp_path: Path) -> None:
+    source = _cornell_movies(tmp_path / "release", 25)
+    meta = build_cornell(source, tmp_path / "out")
+    out = tmp_path / "out"
+    read = {name: (out / name).read_text(encoding="utf-8").splitlines() for name in ("test.src", "test.tgt")}
+    assert read["test.src"] == ["hello from movie 0", "reply in movie 0", "hello from movie 20", "reply in movie 20"]
+    assert read["test.tgt"] == ["reply in movie 0", "last word 0", "reply in movie 20", "last word 20"]
+    movies = {}
+    for split in ("train", "valid", "test"):
+        for line in (out / f"{split}.src").read_text(encoding="utf-8").splitlines():
+            movies.setdefault(line.split()[-1], set()).add(split)
+    assert len(movies) == 25 and all(len(splits) == 1 for splits in movies.values())  # no movie in two splits
+    assert {m for m, s in movies.items() if s == {"valid"}} == {"1", "21"}
+    assert meta["pairs"] == {"train": 42, "valid": 4, "test": 4} == json.loads((out / "meta.json").read_text())["pairs"]
+    build_cornell(source, tmp_path / "again")
+    assert all((out / n).read_bytes() == (tmp_path / "again" / n).read_bytes() for n in ("train.src", "valid.tgt"))
+
+
+def test_build_cornell_too_few_movies_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(MassError, match="empty split"):
+        build_cornell(_cornell_movies(tmp_path / "release", 2), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_mass_data_cornell_then_prepare(tmp_path: Path, capsys) -> None:
+    """The README's dialogue route: the release -> line files -> a prepared src/tgt data directory."""
+    from mass.cli import main
+
+    source, out = _cornell_movies(tmp_path / "release", 25), tmp_path / "cornell"
+    assert main(["data", "cornell", "--source", str(source), "--out", str(out)]) == 0
+    assert "from 25 movies" in capsys.readouterr().out
+    argv = ["prepare", "--langs", "src,tgt", "--train", str(out / "train"), "--valid", str(out / "valid")]
+    assert main([*argv, "--out", str(tmp_path / "bin"), "--parallel", "--vocab-size", "60"]) == 0
+    from mass.data.binarize import load_data_dir
+
+    data = load_data_dir(tmp_path / "bin")
+    assert len(data.array("train", "src")) == len(data.array("train", "tgt")) == 42
+    assert main(["data", "cornell", "--out", str(tmp_path / "x")]) == 1
+    assert "--source DIR is needed" in capsys.readouterr().err

