@@ -484,3 +484,40 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     assert len(out.splitlines()) == 40 and "en->en" in err
     assert main(["generate", str(run), "--input", str(text / "valid.src"), "--task", "summarization"]) == 0
     assert capsys.readouterr().out == out
+
+
+def test_unsup_on_own_monolingual_files(tmp_path, capsys):
+    """The README's route for unsupervised MT on one's own text: non-parallel training files, a line-aligned
+    validation split (checked by `--parallel valid`) that only scores."""
+    en, fr = synthetic_pairs(300, 0)
+    ven, vfr = synthetic_pairs(40, 1)
+    text = tmp_path / "mono"
+    for name, lines in (("train.en", en[:150]), ("train.fr", fr[150:280]), ("valid.en", ven), ("valid.fr", vfr)):
+        write_lines(text / name, lines)
+    argv = ["prepare", "--langs", "en,fr", "--train", str(text / "train"), "--valid", str(text / "valid")]
+    assert main([*argv, "--out", str(tmp_path / "all"), "--vocab-size", "300", "--parallel"]) == 1
+    assert "differ in length" in one_line_error(capsys, "prepare")  # train is not parallel
+    assert main([*argv, "--out", str(tmp_path / "x"), "--parallel", "valid,test"]) == 1
+    assert "--parallel names splits not given: test" in one_line_error(capsys, "prepare")
+    data = tmp_path / "bin"
+    assert main([*argv, "--out", str(data), "--vocab-size", "300", "--parallel", "valid"]) == 0
+
+    run = tmp_path / "run"
+    with fast_training():
+        assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2")]) == 1
+        assert "no unsup.en data (its splits: train, valid); choose one with data.train_split=NAME" in one_line_error(
+            capsys, "unsup"
+        )
+        assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2", "data.train_split=train")]) == 0
+    last = read_log(run)[-1]
+    assert {"bleu_en-fr", "bleu_fr-en", "retrieval"} <= set(last) and last["step"] == 2
+    assert read_log(run)[0]["loss_bt_en-fr-en"] > 0
+
+    # A validation split whose sides do not line up cannot score translations: one line, before training.
+    write_lines(text / "valid.fr", vfr[:30])
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--vocab-size", "300"]) == 0
+    capsys.readouterr()
+    overrides = tiny_overrides(tmp_path / "bad", tmp_path / "run2", "data.train_split=train")
+    assert main(["unsup", *overrides]) == 1
+    assert "valid.en has 40 sentences and valid.fr 30" in one_line_error(capsys, "unsup")
+    assert not (tmp_path / "run2").exists()

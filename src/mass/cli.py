@@ -74,7 +74,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if "train" not in inputs:
         raise MassError("--train PREFIX is required")
     out = Path(args.out)
-    parallel = set(inputs) if args.parallel else None
+    parallel = set(inputs) if args.parallel == "all" else set(args.parallel.split(",")) if args.parallel else None
+    if parallel and not parallel <= set(inputs):
+        raise MassError(f"--parallel names splits not given: {', '.join(sorted(parallel - set(inputs)))}")
     if args.tokenizer:
         spm_path = Path(args.tokenizer)
         prepare_dir(out, spm_path, inputs, parallel_splits=parallel, overwrite=args.overwrite)
@@ -362,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output data directory")
     p.add_argument("--tokenizer", help="an existing sentencepiece model (e.g. a pre-trained model's)")
     p.add_argument("--vocab-size", type=int, default=8000, help="size of a new joint sentencepiece model")
-    p.add_argument("--parallel", action="store_true", help="the languages of each split are line-aligned")
+    p.add_argument(
+        "--parallel",
+        nargs="?",
+        const="all",
+        metavar="SPLITS",
+        help="the languages of each split (or of the comma-separated SPLITS, e.g. valid,test) are line-aligned",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(func=cmd_prepare)
 

@@ -108,6 +108,12 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
     for obj in directions:
         if data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
+            if len(src) != len(tgt):
+                raise MassError(
+                    f"{split}.{obj.src_side} has {len(src)} sentences and {split}.{obj.tgt_side} {len(tgt)}: scoring "
+                    f"needs line-aligned validation files (mass prepare --parallel {split} checks them)",
+                    data.path,
+                )
             n = min(sentences, len(src))
             refs = [tgt[i].tolist() for i in range(n)]
             sets.append((obj, [src[i].tolist() for i in range(n)], refs, [tokenizer.decode(r) for r in refs]))

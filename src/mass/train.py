@@ -135,7 +135,11 @@ def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) 
                 raise MassError(f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs}")
         for side in (obj.src_side, obj.tgt_side):
             if side and not data.has(cfg.data.train_split, side):
-                raise MassError(f"no {cfg.data.train_split}.{side} data", data.path)
+                raise MassError(
+                    f"no {cfg.data.train_split}.{side} data (its splits: {', '.join(sorted(data.splits))}); "
+                    "choose one with data.train_split=NAME",
+                    data.path,
+                )
     return lang_ids
 
 
