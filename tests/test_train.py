@@ -428,3 +428,33 @@ def test_mixed_precision_trains_fp32_weights_and_resumes_exactly(data_dir, tmp_p
 def test_unknown_precision_is_an_error(data_dir, tmp_path):
     with pytest.raises(MassError, match="precision must be one of fp32, bf16, fp16, not 'fp8'"):
         tiny_config(data_dir, tmp_path / "run", "train.precision=fp8")
+
+
+def test_init_from_adds_a_language_after_the_checkpoints(trained, data_dir, tmp_path):
+    """Fine-tuning on a language the pre-trained model never saw ("de": here the fr text under another name)
+    appends it to the checkpoint's languages: every pre-trained weight is kept, the new language's embedding
+    starts as the mean of the known ones', and the pre-training still helps on the first batch."""
+    from mass.checkpoint import load_weights, resolve_checkpoint
+    from mass.data.binarize import prepare_dir
+
+    text = data_dir.parent / "text"
+    inputs = {split: {"en": text / f"{split}.en", "de": text / f"{split}.fr"} for split in ("train", "valid")}
+    de = prepare_dir(tmp_path / "de-data", data_dir / "spm.model", inputs, parallel_splits={"train", "valid"})
+    ckpt = resolve_checkpoint(trained)
+    extra = ("train.max_steps=1", "objectives=[{name: translate, src: de, tgt: en}]")
+    cfg = tiny_config(de, tmp_path / "run", *extra, f"init_from={ckpt}", "data.langs=[en, fr, de]")
+    model = MassModel(resolve_model_config(cfg, load_data_dir(de)))
+    load_weights(model, ckpt, new_langs=True)
+    saved = load_file(ckpt / "model.safetensors")
+    for name, tensor in model.state_dict().items():
+        if name.endswith("langs.weight"):
+            assert torch.equal(tensor[:2], saved[name]) and torch.allclose(tensor[2], saved[name].mean(0))
+        else:
+            assert torch.equal(tensor, saved[name]), name
+
+    train(cfg)
+    train(tiny_config(de, tmp_path / "fresh", *extra, "data.langs=[en, fr, de]"))
+    assert train_losses(tmp_path / "run")[1] < train_losses(tmp_path / "fresh")[1] - 0.1
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["num_langs"] == 3
+    with pytest.raises(MassError, match=r"a new language goes after them, e\.g\. data\.langs=\[en,fr,xx\]"):
+        train(tiny_config(de, tmp_path / "bad", *extra, f"init_from={ckpt}", "data.langs=[en, de]"))

@@ -151,11 +151,20 @@ def read_checkpoint_config(ckpt: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load safetensors weights, with a one-line error when the architecture differs."""
+def load_weights(model: torch.nn.Module, ckpt: Path, new_langs: bool = False) -> None:
+    """Load safetensors weights, with a one-line error when the architecture differs.
+
+    `new_langs`: the model may know more languages than the checkpoint (added for fine-tuning); their
+    embeddings start as the mean of the known ones', a language "between" them, not a random offset.
+    """
     path = Path(ckpt) / "model.safetensors"
     weights = _read_weights(path)
     expected = model.state_dict()
+    for name in [n for n in weights if n.endswith("langs.weight")] if new_langs else []:
+        known, wanted = weights[name], expected[name]
+        if known.shape[0] < wanted.shape[0] and known.shape[1:] == wanted.shape[1:]:
+            extra = known.mean(0, keepdim=True).expand(wanted.shape[0] - known.shape[0], -1)
+            weights[name] = torch.cat([known, extra])
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:

@@ -121,8 +121,15 @@ def resolve_model_config(cfg: Config, data: DataDir) -> ModelConfig:
                 f"`mass prepare --tokenizer {spm}`",
                 ckpt,
             )
-        if saved_langs[: len(cfg.data.langs)] != cfg.data.langs:
-            raise MassError(f"checkpoint languages {saved_langs} do not match data.langs {cfg.data.langs}", ckpt)
+        # The checkpoint's languages in its order: all of them and new ones after (added), or the first few.
+        common = min(len(saved_langs), len(cfg.data.langs))
+        if saved_langs[:common] != cfg.data.langs[:common]:
+            raise MassError(
+                f"checkpoint languages {saved_langs} do not match data.langs {cfg.data.langs} (keep their order; "
+                f"a new language goes after them, e.g. data.langs=[{','.join([*saved_langs, 'xx'])}])",
+                ckpt,
+            )
+        model_cfg.num_langs = max(model_cfg.num_langs, len(cfg.data.langs))
         return model_cfg
     return ModelConfig(**{**to_dict(cfg.model), "vocab_size": data.vocab_size, "num_langs": len(cfg.data.langs)})
 
@@ -132,7 +139,10 @@ def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) 
     for obj in objectives:
         for lang in (obj.lang, obj.src, obj.tgt):
             if lang and lang not in lang_ids:
-                raise MassError(f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs}")
+                raise MassError(
+                    f"objective {obj.name} uses language {lang!r}, not in data.langs {cfg.data.langs} "
+                    f"(to add it: data.langs=[{','.join([*cfg.data.langs, lang])}])"
+                )
         for side in (obj.src_side, obj.tgt_side):
             if side and not data.has(cfg.data.train_split, side):
                 raise MassError(
@@ -370,7 +380,7 @@ def train(
         else:
             torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)
     elif cfg.init_from and not cfg.scratch:
-        load_weights(model, resolve_checkpoint(cfg.init_from))
+        load_weights(model, resolve_checkpoint(cfg.init_from), new_langs=True)
 
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
