@@ -184,3 +184,15 @@ def test_export_without_transformers_is_a_clear_error(run, tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed: import fails
     with pytest.raises(MassError, match=r'pip install -e "\.\[hf\]"'):
         export_hf(run, tmp_path / "out", "fr", "en")
+
+
+def test_export_takes_the_tasks_generation_defaults(run, tmp_path):
+    """A summarizer's export decodes as `mass generate --task summarization` does: no repeated trigram."""
+    export_hf(run, tmp_path / "mt", "en", "en")
+    export_hf(run, tmp_path / "summ", "en", "en", task="summarization")
+    mt, summ = (transformers.GenerationConfig.from_pretrained(tmp_path / name) for name in ("mt", "summ"))
+    assert (mt.num_beams, mt.no_repeat_ngram_size, summ.num_beams, summ.no_repeat_ngram_size) == (5, 0, 5, 3)
+    assert "tags: [mass, summarization, bart]" in (tmp_path / "summ" / "README.md").read_text()
+    with pytest.raises(MassError, match="unknown task"):
+        export_hf(run, tmp_path / "bad", "en", "en", task="poetry")
+    assert not (tmp_path / "bad").exists()

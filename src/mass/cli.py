@@ -307,7 +307,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     quiet_transformers()
     ckpt = resolve_checkpoint(args.checkpoint)
     _checkpoint_defaults(args, ckpt)
-    out = export_hf(ckpt, Path(args.out), args.src, args.tgt)
+    out = export_hf(ckpt, Path(args.out), args.src, args.tgt, args.task)
     print(f"wrote {out}: {args.src} -> {args.tgt} as a Hugging Face BART (AutoModelForSeq2SeqLM, AutoTokenizer)")
 
 
@@ -412,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output directory for transformers' from_pretrained")
     p.add_argument("--src", help=SRC_HELP)
     p.add_argument("--tgt", help=TGT_HELP)
+    p.add_argument("--task", help=f"generation defaults of this task: mt, summarization or dialogue ({TASK_DEFAULT})")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")

@@ -129,12 +129,14 @@ def hf_tokenizer(spm_path: Path):
     )
 
 
-def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str) -> Path:
+def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str = "mt") -> Path:
     """Write `out/` (config, safetensors weights, generation defaults, tokenizer, a model card) for `src` ->
     `tgt`; it loads with `from_pretrained(out)` offline. `out` is replaced in one rename, and only if it is an
-    earlier export. The config records where it came from (`mass_checkpoint`, `mass_src`, `mass_tgt`)."""
+    earlier export. The config records where it came from (`mass_checkpoint`, `mass_src`, `mass_tgt`); the
+    generation defaults are `task`'s (beam size, length penalty, no-repeat n-gram size)."""
     from mass.checkpoint import resolve_checkpoint
     from mass.inference import load_generator
+    from mass.tasks import get_task
 
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / "config.json").is_file())):
@@ -143,17 +145,25 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str) -> Path:
     generator = load_generator(checkpoint)
     bart = to_bart(generator.model, generator.lang_id(src), generator.lang_id(tgt))
     bart.config.update({"mass_checkpoint": str(checkpoint), "mass_src": src, "mass_tgt": tgt})
-    # Our translation defaults; max_length counts the start token, so the decoder fills every position.
-    bart.generation_config.update(num_beams=5, early_stopping=True, max_length=generator.model.cfg.max_positions)
+    gen = get_task(task).generate
+    # max_length counts the start token, so the decoder may fill every position.
+    bart.generation_config.update(
+        num_beams=gen.beam,
+        length_penalty=gen.length_penalty,
+        no_repeat_ngram_size=gen.no_repeat_ngram,
+        early_stopping=True,
+        max_length=generator.model.cfg.max_positions,
+    )
     tokenizer = hf_tokenizer(generator.tokenizer.path)
+    card = _model_card(checkpoint, src, tgt, generator.model, task, gen.beam)
     with atomic_dir(out) as tmp:
         bart.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(checkpoint, src, tgt, generator.model), encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     return out
 
 
-def _model_card(checkpoint: Path, src: str, tgt: str, model: MassModel) -> str:
+def _model_card(checkpoint: Path, src: str, tgt: str, model: MassModel, task: str, beam: int) -> str:
     cfg = model.cfg
     size = f"{count_parameters(model) / 1e6:.1f}M parameters"
     layers = f"{cfg.encoder_layers}+{cfg.decoder_layers} layers of {cfg.embed_dim}"
@@ -161,7 +171,7 @@ def _model_card(checkpoint: Path, src: str, tgt: str, model: MassModel) -> str:
 language: [{src}, {tgt}]
 library_name: transformers
 pipeline_tag: text2text-generation
-tags: [mass, translation, bart]
+tags: [mass, {"translation" if task == "mt" else task}, bart]
 ---
 
 # {src} -> {tgt} ({Path(checkpoint).name})
@@ -175,6 +185,6 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 model, tokenizer = AutoModelForSeq2SeqLM.from_pretrained(PATH), AutoTokenizer.from_pretrained(PATH)
 batch = tokenizer(["..."], return_tensors="pt", padding=True)
-print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))  # beam 5
+print(tokenizer.batch_decode(model.generate(**batch), skip_special_tokens=True))  # beam {beam}
 ```
 """
