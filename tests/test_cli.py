@@ -521,3 +521,18 @@ def test_unsup_on_own_monolingual_files(tmp_path, capsys):
     assert main(["unsup", *overrides]) == 1
     assert "valid.en has 40 sentences and valid.fr 30" in one_line_error(capsys, "unsup")
     assert not (tmp_path / "run2").exists()
+
+
+def test_evaluate_mass_perplexity_of_every_language_equals_validation(run_dir, capsys):
+    """`--task mass` without --src scores each language with training's seeded masks: on the validation
+    sentences training scored, the very perplexities the training log reports for that checkpoint."""
+    logged = read_log(run_dir)[-1]
+    assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--limit", "32"]) == 0
+    out = capsys.readouterr().out
+    for lang in ("en", "fr"):
+        result = json.loads((run_dir / "eval" / f"mass-{lang}-valid.json").read_text(encoding="utf-8"))
+        assert result["metrics"]["mass_ppl"] == pytest.approx(logged[f"valid_ppl_mass_{lang}"], rel=1e-5)
+        assert f"{lang} mass_ppl: {result['metrics']['mass_ppl']:.2f}" in out
+    assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--src", "fr"]) == 0
+    single = capsys.readouterr().out
+    assert single.startswith("mass_ppl: ") and single.count("mass_ppl") == 1  # one language, asked for

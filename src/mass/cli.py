@@ -262,25 +262,36 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.evaluate import evaluate_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
+    every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
-    result = evaluate_checkpoint(
-        ckpt,
-        task_name=args.task,
-        src=args.src,
-        tgt=args.tgt,
-        split=args.split,
-        input_path=Path(args.input) if args.input else None,
-        reference_path=Path(args.reference) if args.reference else None,
-        gen_cfg=_generation_config(args, args.task if args.task not in ("mass", "align") else "mt"),
-        device=args.device,
-        limit=args.limit,
-        output=Path(args.output) if args.output else None,
-    )
-    for key, value in result["metrics"].items():
-        if isinstance(value, float):  # small values (a retrieval % near chance) keep their digits
-            value = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
-        print(f"{key}: {value}")
-    print(f"wrote {result['path']}")
+    sources = _checkpoint_langs(ckpt) if every_lang else [args.src]
+    if args.output and len(sources) > 1:
+        raise MassError("--output names one file: with --task mass, give the language (--src)")
+    for src in sources:
+        result = evaluate_checkpoint(
+            ckpt,
+            task_name=args.task,
+            src=src,
+            tgt=args.tgt,
+            split=args.split,
+            input_path=Path(args.input) if args.input else None,
+            reference_path=Path(args.reference) if args.reference else None,
+            gen_cfg=_generation_config(args, args.task if args.task not in ("mass", "align") else "mt"),
+            device=args.device,
+            limit=args.limit,
+            output=Path(args.output) if args.output else None,
+        )
+        for key, value in result["metrics"].items():
+            if isinstance(value, float):  # small values (a retrieval % near chance) keep their digits
+                value = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+            print(f"{src + ' ' if every_lang else ''}{key}: {value}")
+        print(f"wrote {result['path']}")
+
+
+def _checkpoint_langs(ckpt: Path) -> list[str]:
+    from mass.checkpoint import read_checkpoint_config
+
+    return list(read_checkpoint_config(ckpt)["data"]["langs"])
 
 
 def cmd_average(args: argparse.Namespace) -> None:

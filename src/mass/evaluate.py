@@ -41,8 +41,9 @@ def _shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tup
         return read_source_lines(src_path), read_source_lines(tgt_path)
 
 
-def mass_perplexity(ckpt: Path, lang: str, split: str, device: str) -> dict[str, float]:
-    """MASS perplexity with the checkpoint's own masking config and a fixed seed, as in training."""
+def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int = 0) -> dict[str, float]:
+    """MASS perplexity with the checkpoint's own masking config, length limit and fixed seed, as in training:
+    on the first `data.valid_sentences` of the validation split it is the training log's validation value."""
     cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
     generator = load_generator(ckpt, device)
     data = (
@@ -51,7 +52,8 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str) -> dict[str,
         else load_data_dir(prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
     )
     array = data.array(split, lang)
-    examples = kept_examples(array.lengths, 1, cfg.model.max_positions - 2)
+    max_len = min(cfg.data.max_len, cfg.model.max_positions - 2)  # the sentences training validates on
+    examples = kept_examples(array.lengths, 1, max_len, limit=limit)
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
     batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)
@@ -84,7 +86,7 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     result: dict = {"checkpoint": str(ckpt), "task": task_name, "split": split}
     if task_name == "mass":
-        result["metrics"] = mass_perplexity(ckpt, src, split, device)
+        result["metrics"] = mass_perplexity(ckpt, src, split, device, limit)
     else:
         task = get_task("mt" if task_name == "align" else task_name)
         gen_cfg = gen_cfg or task.generate
