@@ -258,13 +258,13 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mass.checkpoint import resolve_checkpoint
+    from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
-    sources = _checkpoint_langs(ckpt) if every_lang else [args.src]
+    sources = read_checkpoint_config(ckpt)["data"]["langs"] if every_lang else [args.src]
     if args.output and len(sources) > 1:
         raise MassError("--output names one file: with --task mass, give the language (--src)")
     for src in sources:
@@ -286,12 +286,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 value = f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
             print(f"{src + ' ' if every_lang else ''}{key}: {value}")
         print(f"wrote {result['path']}")
-
-
-def _checkpoint_langs(ckpt: Path) -> list[str]:
-    from mass.checkpoint import read_checkpoint_config
-
-    return list(read_checkpoint_config(ckpt)["data"]["langs"])
 
 
 def cmd_average(args: argparse.Namespace) -> None:
