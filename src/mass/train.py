@@ -486,7 +486,7 @@ def train(
         if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
             metrics = run_eval()
             log.write({"step": step, **metrics}, "valid")
-            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            bar.write(_metrics_line(step, metrics, cfg.data.valid_split))
             checkpoint(metrics)
             if cfg.train.patience and bad_evals >= cfg.train.patience:
                 stopped_early = True
@@ -501,7 +501,7 @@ def train(
         metrics = run_eval()
         log.write({"step": step, **metrics}, "valid")
         if info.is_main:
-            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+            print(_metrics_line(step, metrics, cfg.data.valid_split))
         checkpoint(metrics)
     log.close()
     if info.is_main and not finished:
@@ -510,6 +510,11 @@ def train(
         plot_metrics(log.path, run_dir / "curves.png")
     distributed.teardown()
     return metrics
+
+
+def _metrics_line(step: int, metrics: dict[str, float], split: str) -> str:
+    scores = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
+    return f"step {step}: {scores or f'nothing to validate (no {split} split in the data)'}"
 
 
 def _update(
