@@ -11,6 +11,8 @@ from mass.data.tokenizer import (
     PAD_ID,
     UNK_ID,
     Tokenizer,
+    _sample_lines,
+    smoothed_quotas,
     train_tokenizer,
 )
 from mass.errors import MassError
@@ -121,3 +123,21 @@ def test_training_input_errors(corpus, tmp_path):
         train_tokenizer([*corpus, bad], tmp_path / "x", 100)
     assert str(err.value).startswith(f"{bad}:2: ")
     assert not list(tmp_path.glob("x*")) and not list(tmp_path.glob(".*"))
+
+
+def test_smoothed_quotas_favour_the_smaller_language_and_respect_counts():
+    assert smoothed_quotas([9000, 1000], 2000) == pytest.approx([1500, 500])  # sqrt shares 3:1, not 9:1
+    assert smoothed_quotas([100, 1_000_000], 100_000) == pytest.approx([100, 99_900])  # a full group gives way
+    assert smoothed_quotas([10, 20], 100) == [10, 20]  # a sample larger than the text: all of it
+    assert smoothed_quotas([0, 50], 10) == pytest.approx([0, 10])
+
+
+def test_sample_is_language_balanced_and_keeps_everything_when_small(tmp_path):
+    big = write_corpus(tmp_path / "en.txt", EN, 9000, 1)
+    small = write_corpus(tmp_path / "fr.txt", FR, 1000, 2)
+    french = set(small.read_text(encoding="utf-8").splitlines())
+    sample = _sample_lines([big, small], 2000, seed=0)
+    assert 1880 < len(sample) < 2120
+    assert 430 < sum(line in french for line in sample) < 570  # about 500, where a plain sample gives 200
+    everything = _sample_lines([big, small], 10_000, seed=0)
+    assert everything == big.read_text(encoding="utf-8").splitlines() + small.read_text(encoding="utf-8").splitlines()

@@ -31,7 +31,8 @@ class DataConfig:
         corpus: "bible" (en-fr), "debian" (summarization) or "shakespeare" (dialogue).
         langs: languages of the run, in the order of their language ids.
         vocab_size: size of the sentencepiece model trained for a shipped corpus (without `init_from`).
-        tokenizer_sentences: the tokenizer is trained on a seeded sample of at most this many lines.
+        tokenizer_sentences: the tokenizer is trained on a seeded sample of at most this many lines (each
+            language's share goes with the square root of its line count).
         max_tokens: token budget of a batch (sentences x padded length, source side).
         max_len: longer sentences (in subwords) are left out of training.
         min_len: shorter sentences are left out of training.

@@ -200,20 +200,47 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _sample_lines(files: list[Path], max_sentences: int, seed: int) -> list[str]:
-    """Non-empty lines of all files, or a seeded sample of about ``max_sentences`` of them."""
-    total = sum(1 for _ in _iter_lines(files))
-    keep_prob = 1.0 if total <= max_sentences else max_sentences / total
+def _sample_lines(files: list[Path], max_sentences: int, seed: int, alpha: float = 0.5) -> list[str]:
+    """Non-empty lines of all files, or a seeded sample of about ``max_sentences`` of them.
+
+    A sample gives each file (in `mass prepare`, each language) a share proportional to its line count to
+    the power `alpha`, as XLM samples the text of its joint BPE: a language with a tenth of the lines gets
+    about a quarter of the sample, not a tenth, so its words are not cut into characters.
+    """
+    counts = [sum(1 for _ in _iter_lines([path])) for path in files]
+    quotas = smoothed_quotas(counts, max_sentences, alpha)
     rng = np.random.default_rng(seed)
     sentences = []
     block = 65536
-    draws = rng.random(block)
-    for i, line in enumerate(_iter_lines(files)):
-        if i % block == 0 and i > 0:
-            draws = rng.random(block)
-        if draws[i % block] < keep_prob:
-            sentences.append(line)
+    for path, count, quota in zip(files, counts, quotas, strict=True):
+        keep_prob = quota / max(count, 1)
+        for i, line in enumerate(_iter_lines([path])):
+            if i % block == 0:
+                draws = rng.random(block)
+            if keep_prob >= 1 or draws[i % block] < keep_prob:
+                sentences.append(line)
     return sentences
+
+
+def smoothed_quotas(counts: list[int], total: int, alpha: float = 0.5) -> list[float]:
+    """How many of each group's `counts` items a sample of `total` takes: shares proportional to
+    count**alpha, no group beyond its own count (what a full group cannot take goes to the others)."""
+    quotas = [0.0] * len(counts)
+    open_groups = [i for i, n in enumerate(counts) if n > 0]
+    left = float(min(total, sum(counts)))
+    while open_groups and left > 1e-9:
+        weights = {i: counts[i] ** alpha for i in open_groups}
+        norm = sum(weights.values())
+        full = [i for i in open_groups if quotas[i] + left * weights[i] / norm >= counts[i]]
+        if not full:
+            for i in open_groups:
+                quotas[i] += left * weights[i] / norm
+            break
+        for i in full:  # these take everything they have; share the rest again among the others
+            left -= counts[i] - quotas[i]
+            quotas[i] = float(counts[i])
+        open_groups = [i for i in open_groups if i not in full]
+    return quotas
 
 
 def _iter_lines(files: list[Path]) -> Iterator[str]:
