@@ -155,7 +155,7 @@ def build_cornell(source: Path, out_dir: Path, every: int = 20) -> dict:
 
     Why by movie: consecutive pairs share utterances, so a random split would put the context of a test
     pair in training. Movies are taken in the order the release lists them; of every `every` movies the
-    first goes to test and the second to validation (5% each by default: about 11K pairs of the 220K).
+    first goes to test and the second to validation (5% of the movies each by default).
     """
     source = Path(source).expanduser()
     pairs = _cornell_pairs(source / "movie_lines.txt", source / "movie_conversations.txt")
