@@ -505,9 +505,11 @@ def test_unsup_on_own_monolingual_files(tmp_path, capsys):
     run = tmp_path / "run"
     with fast_training():
         assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2")]) == 1
-        assert "no unsup.en data (its splits: train, valid); choose one with data.train_split=NAME" in one_line_error(
-            capsys, "unsup"
+        assert "no unsup.en data (en is in train, valid: choose the split with data.train_split=NAME)" in (
+            one_line_error(capsys, "unsup")
         )
+        assert main(["unsup", *tiny_overrides(data, run, "data.train_split=train", "data.langs=[en,de]")]) == 1
+        assert "no train.de data (the data has en, fr)" in one_line_error(capsys, "unsup")
         assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2", "data.train_split=train")]) == 0
     last = read_log(run)[-1]
     assert {"bleu_en-fr", "bleu_fr-en", "retrieval"} <= set(last) and last["step"] == 2

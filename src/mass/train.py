@@ -145,11 +145,12 @@ def _check_langs(cfg: Config, data: DataDir, objectives: list[ObjectiveConfig]) 
                 )
         for side in (obj.src_side, obj.tgt_side):
             if side and not data.has(cfg.data.train_split, side):
-                raise MassError(
-                    f"no {cfg.data.train_split}.{side} data (its splits: {', '.join(sorted(data.splits))}); "
-                    "choose one with data.train_split=NAME",
-                    data.path,
-                )
+                splits = sorted(split for split, sides in data.splits.items() if side in sides)
+                if splits:
+                    hint = f"{side} is in {', '.join(splits)}: choose the split with data.train_split=NAME"
+                else:
+                    hint = f"the data has {', '.join(data.langs)}"
+                raise MassError(f"no {cfg.data.train_split}.{side} data ({hint})", data.path)
     return lang_ids
 
 
