@@ -478,7 +478,9 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
     assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"]) and result["generation"]["no_repeat_ngram"] == 3
 
-    capsys.readouterr()
+    assert main(["evaluate", str(run), "--limit", "2"]) == 0  # the shipped Debian test, said so
+    assert "note: scoring the shipped debian corpus's test split, not the run's data" in capsys.readouterr().err
+
     assert main(["generate", str(run), "--input", str(text / "valid.src")]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 40 and "en->en" in err

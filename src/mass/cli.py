@@ -264,7 +264,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ckpt = resolve_checkpoint(args.checkpoint)
     every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
-    sources = read_checkpoint_config(ckpt)["data"]["langs"] if every_lang else [args.src]
+    saved = read_checkpoint_config(ckpt)
+    if saved["data"].get("dir") and not args.input and args.task != "mass":
+        from mass.tasks import get_task
+
+        corpus = get_task("mt" if args.task == "align" else args.task).corpus
+        print(
+            f"note: scoring the shipped {corpus} corpus's {args.split} split, not the run's data "
+            f"({saved['data']['dir']}): give --input and --reference to score your own test files",
+            file=sys.stderr,
+        )
+    sources = saved["data"]["langs"] if every_lang else [args.src]
     if args.output and len(sources) > 1:
         raise MassError("--output names one file: with --task mass, give the language (--src)")
     for src in sources:
