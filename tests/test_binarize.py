@@ -164,19 +164,25 @@ def test_prepare_dir_layout_and_meta(tok, tmp_path):
     inputs = {
         "train": {"en": write_lines(tmp_path / "tr.en", en), "fr": write_lines(tmp_path / "tr.fr", fr)},
         "unsup": {"en": write_lines(tmp_path / "mono.en", sentences(7, 7))},
+        "test": {"fr": write_lines(tmp_path / "te.fr", ["Des  espaces ,  gardés !"])},
     }
     out = prepare_dir(tmp_path / "data", tok.path, inputs, parallel_splits={"train", "valid"})
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
-        ["meta.json", "spm.model"]
-        + [f"{s}.{ext}" for s in ("train.en", "train.fr", "unsup.en") for ext in ("bin", "idx")]
+        ["meta.json", "spm.model", "text"]
+        + [f"{s}.{ext}" for s in ("train.en", "train.fr", "unsup.en", "test.fr") for ext in ("bin", "idx")]
     )
     meta = json.loads((out / "meta.json").read_text())
     assert meta == {
         "langs": ["en", "fr"],
         "vocab_size": tok.vocab_size,
-        "splits": {"train": {"en": 20, "fr": 20}, "unsup": {"en": 7}},
+        "splits": {"train": {"en": 20, "fr": 20}, "unsup": {"en": 7}, "test": {"fr": 1}},
     }
+    # Held-out text is kept byte for byte (references are scored as written); training text is not copied.
+    assert [p.name for p in (out / "text").iterdir()] == ["test.fr"]
+    assert load_data_dir(out).text("test", "fr").read_bytes() == inputs["test"]["fr"].read_bytes()
+    with pytest.raises(MassError, match="no text kept for split 'train' language 'en'"):
+        load_data_dir(out).text("train", "en")
     data = load_data_dir(out)
     assert data.langs == ["en", "fr"] and data.vocab_size == tok.vocab_size
     assert data.has("train", "fr") and not data.has("unsup", "fr") and not data.has("test", "en")

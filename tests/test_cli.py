@@ -458,12 +458,13 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     en and fr; scoring and generating with the fine-tuned run need neither task nor direction."""
     en = Path(corpus["train"] + ".en").read_text(encoding="utf-8").splitlines()
     text = tmp_path / "giga"
-    for split, lines in (("train", en[:200]), ("valid", en[200:240])):
+    for split, lines in (("train", en[:200]), ("valid", en[200:240]), ("test", en[240:250])):
         write_lines(text / f"{split}.src", lines)
         write_lines(text / f"{split}.tgt", [" ".join(line.split()[:3]) for line in lines])
     data, run = tmp_path / "bin", tmp_path / "summ"
     spm = latest_checkpoint(run_dir) / "spm.model"
     argv = ["prepare", "--langs", "src,tgt", "--train", str(text / "train"), "--valid", str(text / "valid")]
+    argv += ["--test", str(text / "test")]
     assert main([*argv, "--out", str(data), "--parallel", "--tokenizer", str(spm)]) == 0
     overrides = [o for o in tiny_overrides(data, run, "train.max_steps=2") if not o.startswith("model.preset=")]
     with fast_training():
@@ -478,8 +479,17 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
     assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"]) and result["generation"]["no_repeat_ngram"] == 3
 
-    assert main(["evaluate", str(run), "--limit", "2"]) == 0  # the shipped Debian test, said so
-    assert "note: scoring the shipped debian corpus's test split, not the run's data" in capsys.readouterr().err
+    # Without --input: the held-out text that prepare kept in the run's data directory, not a shipped corpus.
+    assert main(["evaluate", str(run), "--split", "valid", "--limit", "8"]) == 0
+    kept = json.loads((run / "eval" / "summarization-en-en-valid.json").read_text(encoding="utf-8"))
+    assert kept["metrics"] == result["metrics"]
+    assert main(["evaluate", str(run)]) == 0
+    test = json.loads((run / "eval" / "summarization-en-en-test.json").read_text(encoding="utf-8"))
+    assert test["metrics"]["sentences"] == 10
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "train"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no text kept for split 'train'" in err and "--input" in err
 
     assert main(["generate", str(run), "--input", str(text / "valid.src")]) == 0
     out, err = capsys.readouterr()

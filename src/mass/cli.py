@@ -265,15 +265,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
     saved = read_checkpoint_config(ckpt)
-    if saved["data"].get("dir") and not args.input and args.task != "mass":
-        from mass.tasks import get_task
-
-        corpus = get_task("mt" if args.task == "align" else args.task).corpus
-        print(
-            f"note: scoring the shipped {corpus} corpus's {args.split} split, not the run's data "
-            f"({saved['data']['dir']}): give --input and --reference to score your own test files",
-            file=sys.stderr,
-        )
     sources = saved["data"]["langs"] if every_lang else [args.src]
     if args.output and len(sources) > 1:
         raise MassError("--output names one file: with --task mass, give the language (--src)")
@@ -459,8 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_generation_args(p)
     p.add_argument("--task", help=f"mt, summarization, dialogue, mass or align (retrieval) ({TASK_DEFAULT})")
-    p.add_argument("--split", default="test", help="split of the shipped corpus (default: test)")
-    p.add_argument("--input", help="source file instead of the shipped split")
+    p.add_argument(
+        "--split", default="test", help="held-out split of the run's data directory or shipped corpus (default: test)"
+    )
+    p.add_argument("--input", help="source file instead of the held-out split")
     p.add_argument("--reference", help="reference file (with --input)")
     p.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
     p.add_argument("--output", help="JSON result file (default: RUN_DIR/eval/...)")

@@ -98,7 +98,13 @@ def evaluate_checkpoint(
             if len(sources) != len(refs):
                 raise MassError(f"{len(sources)} sources but {len(refs)} references in {reference_path}", input_path)
         else:
-            sources, refs = _shipped_pairs(task.corpus, split, task.src_data or src, task.tgt_data or tgt)
+            sides = task.src_data or src, task.tgt_data or tgt
+            data_dir = read_checkpoint_config(ckpt)["data"].get("dir")
+            if data_dir:  # the run's own data: the text its prepare kept
+                data = load_data_dir(Path(data_dir))
+                sources, refs = (read_source_lines(data.text(split, side)) for side in sides)
+            else:
+                sources, refs = _shipped_pairs(task.corpus, split, *sides)
         if limit > 0:
             sources, refs = sources[:limit], refs[:limit]
         if task_name == "align":

@@ -33,6 +33,9 @@ _READ_BLOCK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 TOKENIZER_FILE = "spm.model"
 META_FILE = "meta.json"
+# Held-out splits whose text is kept beside their tokens (``text/<split>.<lang>``): BLEU and ROUGE are scored
+# against the original references, which decoding subwords would not give back exactly (normalisation).
+TEXT_SPLITS = ("valid", "test")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -279,6 +282,17 @@ class DataDir:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer(self.tokenizer_path)
 
+    def text(self, split: str, lang: str) -> Path:
+        """The original text of a held-out split (see `TEXT_SPLITS`), as `mass evaluate` scores it."""
+        path = self.path / "text" / f"{split}.{lang}"
+        if not path.is_file():
+            raise MassError(
+                f"no text kept for split '{split}' language '{lang}' (prepare keeps it for "
+                f"{' and '.join(TEXT_SPLITS)}): give --input and --reference",
+                path=self.path,
+            )
+        return path
+
 
 def prepare_dir(
     out_dir: Path,
@@ -317,6 +331,10 @@ def prepare_dir(
     tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         shutil.copyfile(tokenizer_path, tmp_dir / TOKENIZER_FILE)
+        for split in TEXT_SPLITS:
+            for lang, path in sorted(inputs.get(split, {}).items()):
+                (tmp_dir / "text").mkdir(exist_ok=True)
+                shutil.copyfile(path, tmp_dir / "text" / f"{split}.{lang}")
         counts = {
             split: {
                 lang: binarize(path, tokenizer, tmp_dir / f"{split}.{lang}", max_line_chars=max_line_chars)
