@@ -214,6 +214,45 @@ def test_prepare_dir_failures_leave_nothing(tok, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == files_before
 
 
+def test_prepare_dir_overwrites_only_a_data_directory(tok, tmp_path):
+    """--overwrite replaces an earlier data directory, never a folder of the user's files (its own input
+    included) or a file; an output that cannot be created is one line."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    inputs = {"train": {"en": write_lines(texts / "train.en", sentences(5, 1))}}
+    note = write_lines(tmp_path / "note.txt", ["keep me"])
+    (tmp_path / "other").mkdir()
+    write_lines(tmp_path / "other" / "x.txt", ["keep me too"])
+    with pytest.raises(MassError, match="inside the output directory"):
+        prepare_dir(texts, tok.path, inputs, overwrite=True)
+    for out in (note, tmp_path / "other"):
+        with pytest.raises(MassError, match="not a prepared data directory"):
+            prepare_dir(out, tok.path, inputs, overwrite=True)
+    with pytest.raises(MassError, match="cannot create the output directory") as info:
+        prepare_dir(note / "data", tok.path, inputs)
+    assert "\n" not in str(info.value)
+    assert (texts / "train.en").is_file() and note.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["note.txt", "other", "texts"]
+    (tmp_path / "empty").mkdir()
+    assert load_data_dir(prepare_dir(tmp_path / "empty", tok.path, inputs, overwrite=True)).splits == {
+        "train": {"en": 5}
+    }
+
+
+def test_prepared_files_follow_the_umask(tok, tmp_path):
+    """Shared data stays readable by others: not the 0700/0600 of mkdtemp/mkstemp."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = prepare_dir(tmp_path / "data", tok.path, {"train": {"en": write_lines(tmp_path / "a.en", ["Un."])}})
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.glob("train.*")}
+    assert modes == {"train.en.bin": 0o644, "train.en.idx": 0o644}
+
+
 def test_load_data_dir_errors(tmp_path):
     with pytest.raises(MassError, match="meta.json missing"):
         load_data_dir(tmp_path)

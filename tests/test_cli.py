@@ -498,6 +498,32 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     assert capsys.readouterr().out == out
 
 
+def test_prepare_long_documents_need_max_line_chars(tmp_path, capsys):
+    """Documents longer than the default 10,000 characters (long-document summarization) can be prepared."""
+    doc = " ".join(f"word{i % 50}" for i in range(2000))  # about 13,000 characters
+    write_lines(tmp_path / "t" / "train.src", [doc, "a short one"])
+    argv = ["prepare", "--langs", "src", "--train", str(tmp_path / "t" / "train"), "--vocab-size", "60"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 1
+    assert f"train.src:1: line has {len(doc)} characters, more than max_line_chars=10000" in one_line_error(
+        capsys, "prepare"
+    )
+    assert main([*argv, "--out", str(tmp_path / "b"), "--max-line-chars", "20000"]) == 0
+    assert json.loads((tmp_path / "b" / "meta.json").read_text())["splits"] == {"train": {"src": 2}}
+    assert main(["prepare", "--langs", ",", "--train", "x", "--out", str(tmp_path / "c")]) == 1
+    assert "--langs names no language" in one_line_error(capsys, "prepare")
+
+
+def test_langs_option_quotes_codes_yaml_would_read_as_booleans():
+    from argparse import Namespace
+
+    from mass.cli import _split_config_args
+    from mass.config import load_config
+
+    args = Namespace(config=None, overrides=[], langs="en, no", run_dir=None, preset=None)
+    config, overrides = _split_config_args(args)
+    assert load_config(config, overrides).data.langs == ["en", "no"]
+
+
 def test_unsup_on_own_monolingual_files(tmp_path, capsys):
     """The README's route for unsupervised MT on one's own text: non-parallel training files, a line-aligned
     validation split (checked by `--parallel valid`) that only scores."""
@@ -523,6 +549,12 @@ def test_unsup_on_own_monolingual_files(tmp_path, capsys):
         assert main(["unsup", *tiny_overrides(data, run, "data.train_split=train", "data.langs=[en,de]")]) == 1
         assert "no train.de data (the data has en, fr)" in one_line_error(capsys, "unsup")
         assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2", "data.train_split=train")]) == 0
+        # The same non-parallel text taken for a supervised pair: one line naming both sides, no traceback.
+        capsys.readouterr()
+        assert main(["finetune", "--src", "fr", "--tgt", "en", *tiny_overrides(data, tmp_path / "ft")]) == 1
+        assert "train.fr has 130 sentences and train.en 150: a parallel split needs line-aligned files" in (
+            one_line_error(capsys, "finetune")
+        )
     last = read_log(run)[-1]
     assert {"bleu_en-fr", "bleu_fr-en", "retrieval"} <= set(last) and last["step"] == 2
     assert read_log(run)[0]["loss_bt_en-fr-en"] > 0

@@ -124,6 +124,51 @@ def test_invalid_values_checked_by_dataclasses_are_mass_errors():
         load_config(None, ["mask.scheme=zigzag"])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.langs=[]", "langs must name each language once"),
+        ("data.langs=[en,en]", "langs must name each language once"),
+        ("data.max_tokens=0", "max_tokens >= 1"),
+        ("data.max_len=0", "max_len"),
+        ("data.min_len=200", "min_len <= max_len"),
+        ("optim.betas=[0.9]", "betas must be two numbers"),
+        ("optim.betas=[0.9,1.5]", "betas must be two numbers"),
+        ("optim.accum_steps=0", "accum_steps"),
+    ],
+)
+def test_out_of_range_values_are_one_line_errors(override, message):
+    """Values that would only fail deep inside training (an empty schedule, no batch, Adam's own IndexError)."""
+    with pytest.raises(MassError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_yaml_booleans_for_strings_say_to_quote(tmp_path):
+    """YAML 1.1 reads Norwegian's code `no` as false; quoted, it is a language like any other."""
+    with pytest.raises(MassError, match=r"data.langs\[1\] must be str, not bool False: quote it"):
+        load_config(None, ["data.langs=[en, no]"])
+    assert load_config(None, ['data.langs=["en", "no"]']).data.langs == ["en", "no"]
+
+
+def test_duplicate_yaml_keys_name_file_and_line(tmp_path):
+    """Plain YAML keeps the last of two `train:` sections, silently dropping the first one's settings."""
+    path = write(tmp_path / "dup.yaml", "train:\n  max_steps: 5\ntrain:\n  seed: 3\n")
+    with pytest.raises(MassError, match="key 'train' given twice") as info:
+        load_config(path)
+    assert info.value.path == str(path) and info.value.line == 3
+    with pytest.raises(MassError, match="key 'seed' given twice"):
+        load_config(write(tmp_path / "dup2.yaml", "train:\n  seed: 5\n  seed: 3\n"))
+
+
+def test_config_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin.yaml"
+    path.write_bytes("train:\n  max_steps: 5  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(MassError, match="not UTF-8") as info:
+        load_config(path)
+    assert info.value.path == str(path)
+
+
 def test_override_syntax_errors():
     with pytest.raises(MassError, match="key.sub=value"):
         load_config(None, ["train.max_steps"])

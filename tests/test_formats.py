@@ -112,6 +112,21 @@ def test_write_corpus_dir_replaces_whole_dir(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
 
 
+def test_write_corpus_dir_never_replaces_other_files(tmp_path: Path) -> None:
+    """`mass data cornell --out` pointed at the release itself, or at a file, must not delete it."""
+    release = _cornell_movies(tmp_path / "release", 3)
+    note = tmp_path / "note.txt"
+    note.write_text("keep me", encoding="utf-8")
+    for out in (release, note):
+        with pytest.raises(MassError, match="not a corpus directory"):
+            write_corpus_dir(out, {"train.src": ["a"]}, {"n": 1}, "readme")
+    assert (release / "movie_lines.txt").is_file() and note.read_text(encoding="utf-8") == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["note.txt", "release"]
+    with pytest.raises(MassError, match="cannot create the output directory") as info:
+        write_corpus_dir(note / "sub", {"train.src": ["a"]}, {"n": 1}, "readme")  # its parent is a file
+    assert "\n" not in str(info.value)
+
+
 def _cornell_movies(root: Path, movies: int) -> Path:
     """A release directory with `movies` movies of one three-utterance conversation each (two pairs)."""
     root.mkdir(parents=True, exist_ok=True)

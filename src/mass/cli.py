@@ -7,6 +7,7 @@ Every bad input ends as one line on stderr naming the file (and line) and a non-
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,8 +29,8 @@ def _split_config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]
     if config is not None and "=" in config:
         overrides.insert(0, config)
         config = None
-    if args.langs:
-        overrides.append(f"data.langs=[{args.langs}]")
+    if args.langs:  # quoted: YAML would read a bare `no` (Norwegian) as false
+        overrides.append("data.langs=" + json.dumps([lang.strip() for lang in args.langs.split(",") if lang.strip()]))
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     if args.preset:
@@ -52,10 +53,12 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from mass.data.binarize import prepare_dir
+    from mass.data.binarize import check_output, prepare_dir
     from mass.data.tokenizer import train_tokenizer
 
     langs = [lang.strip() for lang in args.langs.split(",") if lang.strip()]
+    if not langs:
+        raise MassError("--langs names no language (e.g. --langs en,fr)")
     prefixes = {"train": args.train, "valid": args.valid, "test": args.test}
     for item in args.split or []:
         name, _, prefix = item.partition("=")
@@ -77,15 +80,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     parallel = set(inputs) if args.parallel == "all" else set(args.parallel.split(",")) if args.parallel else None
     if parallel and not parallel <= set(inputs):
         raise MassError(f"--parallel names splits not given: {', '.join(sorted(parallel - set(inputs)))}")
+    check_output(out, inputs, args.overwrite)  # before a tokenizer is trained for nothing
     if args.tokenizer:
         spm_path = Path(args.tokenizer)
-        prepare_dir(out, spm_path, inputs, parallel_splits=parallel, overwrite=args.overwrite)
+        prepare_dir(out, spm_path, inputs, parallel, overwrite=args.overwrite, max_line_chars=args.max_line_chars)
     else:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             tok = train_tokenizer([inputs["train"][lang] for lang in langs], Path(tmp) / "spm", args.vocab_size)
-            prepare_dir(out, tok.path, inputs, parallel_splits=parallel, overwrite=args.overwrite)
+            prepare_dir(out, tok.path, inputs, parallel, overwrite=args.overwrite, max_line_chars=args.max_line_chars)
     print(f"prepared {out}")
 
 
@@ -378,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the languages of each split (or of the comma-separated SPLITS, e.g. valid,test) are line-aligned",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument(
+        "--max-line-chars", type=int, default=10_000, help="longer lines are errors (default 10000)"
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("pretrain", help="MASS pre-training (torchrun for several processes)")

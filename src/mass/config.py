@@ -54,6 +54,15 @@ class DataConfig:
     valid_sentences: int = 1000
     first_n: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.langs or len(set(self.langs)) != len(self.langs):
+            raise ValueError(f"langs must name each language once, not {self.langs}")
+        if self.max_tokens < 1 or self.max_len < 1 or not 0 <= self.min_len <= self.max_len:
+            sizes = f"{self.max_tokens}, {self.min_len}, {self.max_len}"
+            raise ValueError(f"need max_tokens >= 1 and 0 <= min_len <= max_len, not {sizes}")
+        if self.valid_sentences < 0 or self.first_n < 0:
+            raise ValueError("valid_sentences and first_n must be >= 0 (0 = all)")
+
 
 @dataclass
 class OptimConfig:
@@ -67,6 +76,12 @@ class OptimConfig:
     clip_norm: float = 1.0
     accum_steps: int = 1
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, not {self.accum_steps}")
 
 
 @dataclass
@@ -219,6 +234,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
             pass
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # e.g. a language code or path that YAML read as a number
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads no/yes/on/off (Norwegian is `no`) as booleans
+        raise MassError(f"{where} must be str, not bool {value!r}: quote it (YAML reads yes/no/on/off as booleans)")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise MassError(f"{where} must be {tp.__name__}, not {type(value).__name__} {value!r}")
     return value
@@ -263,6 +280,22 @@ def apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file <- dotted overrides, validated into a `Config`."""
     raw: dict = {}
@@ -271,7 +304,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise MassError("config file not found", path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except UnicodeDecodeError as e:
+            raise MassError(f"not UTF-8 ({e.reason} at byte {e.start})", path) from None
         except yaml.YAMLError as e:
             line = getattr(getattr(e, "problem_mark", None), "line", None)
             raise MassError(

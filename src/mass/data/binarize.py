@@ -88,7 +88,14 @@ def _temp_path(out_prefix: Path, suffix: str) -> Path:
     """A fresh file next to the output, so that os.replace stays on one file system."""
     fd, name = tempfile.mkstemp(dir=out_prefix.parent, prefix=f".{out_prefix.name}{suffix}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # as a plain open() would create it, not mkstemp's 0600
     return Path(name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _read_chunks(path: Path, max_line_chars: int, chunk_lines: int) -> Iterator[tuple[int, list[str]]]:
@@ -318,17 +325,19 @@ def prepare_dir(
         ``out_dir``.
     """
     out_dir = Path(out_dir)
-    _check_inputs(inputs)
-    if out_dir.exists() and not overwrite:
-        raise MassError("output data directory already exists; remove it or allow overwriting", path=out_dir)
+    check_output(out_dir, inputs, overwrite)
     for split in sorted(parallel_splits or set()):
         files = [inputs[split][lang] for lang in sorted(inputs.get(split, {}))]
         for other in files[1:]:
             check_parallel(files[0], other)
     tokenizer = Tokenizer(tokenizer_path)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide shared data from other users
+    except OSError as exc:
+        raise MassError(f"cannot create the output directory ({exc.strerror})", path=out_dir) from None
     try:
         shutil.copyfile(tokenizer_path, tmp_dir / TOKENIZER_FILE)
         for split in TEXT_SPLITS:
@@ -348,10 +357,26 @@ def prepare_dir(
             "splits": counts,
         }
         (tmp_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp_dir, out_dir)
+        try:
+            _move_into_place(tmp_dir, out_dir)
+        except OSError as exc:
+            raise MassError(f"cannot replace the output directory ({exc.strerror})", path=out_dir) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir
+
+
+def check_output(out_dir: Path, inputs: dict[str, dict[str, Path]], overwrite: bool) -> None:
+    """Refuse, before any work, an output that exists (unless overwriting an earlier data directory)."""
+    _check_inputs(inputs)
+    if out_dir.exists() and not overwrite:
+        raise MassError("output data directory already exists; remove it or allow overwriting", path=out_dir)
+    for langs in inputs.values():
+        for path in langs.values():
+            if out_dir.resolve() in Path(path).resolve().parents:
+                raise MassError("is inside the output directory, which would be replaced", path=path)
+    if out_dir.exists() and not (out_dir / META_FILE).is_file() and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise MassError("exists and is not a prepared data directory: not replacing it", path=out_dir)
 
 
 def _check_inputs(inputs: dict[str, dict[str, Path]]) -> None:
@@ -374,9 +399,16 @@ def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
         os.replace(tmp_dir, out_dir)
         return
     old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-    os.replace(out_dir, old / "data")
-    os.replace(tmp_dir, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(out_dir, old / "data")
+        try:
+            os.replace(tmp_dir, out_dir)
+        except OSError:
+            os.replace(old / "data", out_dir)  # the previous directory goes back
+            raise
+    finally:
+        if out_dir.exists():  # never delete the previous directory unless something stands in its place
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_data_dir(path: Path) -> DataDir:

@@ -241,7 +241,12 @@ def write_corpus_dir(
     text files are written xz-compressed (``train.src.xz``), as shipped inside the package.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not (out_dir / "meta.json").is_file() and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise MassError("exists and is not a corpus directory: not replacing it", out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MassError(f"cannot create the output directory ({exc.strerror})", out_dir) from None
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     try:
@@ -259,10 +264,12 @@ def write_corpus_dir(
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out_dir.exists():
             os.replace(old, out_dir)
+        if isinstance(exc, OSError):
+            raise MassError(f"cannot write the output directory ({exc.strerror})", out_dir) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
 

@@ -15,6 +15,7 @@ import torch
 from mass.batch import Batch, pad_sequences, seq2seq_batch
 from mass.data.batching import filter_by_length, shard, token_budget_batches
 from mass.data.binarize import TokenArray
+from mass.errors import MassError
 from mass.masking import MaskConfig, NoiseConfig, mass_batch, noisy
 
 Collate = Callable[[np.ndarray, torch.Generator], Batch]
@@ -152,5 +153,9 @@ def pair_collate(src: TokenArray, tgt: TokenArray, src_lang: int, tgt_lang: int)
 def pair_lengths(src: TokenArray, tgt: TokenArray) -> np.ndarray:
     """Batching length of a pair: the longer side, plus its </s> or <s>."""
     if len(src) != len(tgt):
-        raise ValueError(f"parallel arrays differ in length: {len(src)} vs {len(tgt)}")
+        raise MassError(
+            f"{src.prefix.name} has {len(src)} sentences and {tgt.prefix.name} {len(tgt)}: a parallel split needs "
+            "line-aligned files (mass prepare --parallel checks them)",
+            src.prefix.parent,
+        )
     return np.maximum(src.lengths, tgt.lengths) + 1
