@@ -206,6 +206,7 @@ def test_build_pair_compressed_and_replaces(tiny_db: Path, tmp_path: Path) -> No
     out = tmp_path / "corpus"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    (out / "meta.json").write_text("{}")  # an earlier corpus: replaced whole
     _build(tiny_db, out, compress=True)
     assert not (out / "stale.txt").exists()
     assert (out / "train.en.xz").is_file() and not (out / "train.en").exists()
@@ -224,7 +225,7 @@ def test_build_pair_atomic_on_failure(tiny_db: Path, tmp_path: Path, monkeypatch
         real(text, where)
 
     monkeypatch.setattr(formats, "_check_line", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(MassError, match="disk full"):
         _build(tiny_db, out)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bible.db"]
@@ -235,7 +236,7 @@ def test_build_pair_atomic_on_failure(tiny_db: Path, tmp_path: Path, monkeypatch
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls["n"] = 0
     monkeypatch.setattr(formats, "_check_line", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(MassError, match="disk full"):
         _build(tiny_db, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bible.db", "corpus"]

@@ -51,6 +51,21 @@ def test_atomic_write_text_leaves_no_temp_file(tmp_path):
     assert entries(target.parent) == ["f.json"]
 
 
+def test_run_files_follow_the_umask(tmp_path):
+    """A shared run stays readable by others (and `from_pretrained` by a service): not mkdtemp's 0700 or
+    mkstemp's 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save(tmp_path, 1, is_best=True)
+    finally:
+        os.umask(old)
+    assert ckpt.stat().st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*ckpt.iterdir(), tmp_path / "checkpoints" / "best.json"]}
+    assert modes == dict.fromkeys(["model.safetensors", "state.pt", "config.yaml", "best.json"], 0o644)
+
+
 def test_atomic_write_text_failure_keeps_old_content(tmp_path):
     target = tmp_path / "f.txt"
     atomic_write_text(target, "old")

@@ -305,6 +305,8 @@ def test_translate_prompt_and_python_api_agree_with_generate(finetuned, tmp_path
     assert main(["translate", str(finetuned), "--src", "fr", "--tgt", "en"]) == 0
     assert capsys.readouterr().out.splitlines() == expected
     assert load_generator(finetuned).translate(lines, "fr", "en") == expected  # the README's Python example
+    with pytest.raises(TypeError, match="list of sentences"):  # not one translation per character
+        load_generator(finetuned).translate(lines[0], "fr", "en")
 
 
 def test_generate_scores_prefix_each_nbest_line_best_first(finetuned, tmp_path, capsys):
@@ -326,11 +328,10 @@ def test_generate_scores_prefix_each_nbest_line_best_first(finetuned, tmp_path, 
 @pytest.mark.parametrize(
     "lines, number, message",
     [
-        (["le chat", "", "la maison"], 2, "empty line"),
         (["le chat", "x" * 20_000], 2, "characters, more than"),
         (["le chat", "le chat " * 400], 2, "subwords, more than the model's"),
     ],
-    ids=["empty", "too_many_characters", "too_many_subwords"],
+    ids=["too_many_characters", "too_many_subwords"],
 )
 def test_generate_bad_source_line_names_file_and_line(finetuned, tmp_path, capsys, lines, number, message):
     src = tmp_path / "in.fr"
@@ -340,6 +341,61 @@ def test_generate_bad_source_line_names_file_and_line(finetuned, tmp_path, capsy
     err = one_line_error(capsys, "generate")
     assert f"{src}:{number}" in err and message in err
     assert not out.exists()
+
+
+def test_generate_keeps_outputs_aligned_with_inputs(finetuned, tmp_path, capsys):
+    """An empty input line gets empty outputs (nbest of them) and a stray carriage return inside a line does not
+    split it: output line i * nbest belongs to input line i."""
+    src = tmp_path / "in.fr"
+    src.write_bytes(b"le chat dort\n\n  \nla maison\rest grande\n")
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--beam", "2"]
+    assert main([*argv, "--nbest", "2"]) == 0
+    out = capsys.readouterr().out.split("\n")[:-1]
+    assert len(out) == 8 and out[2:6] == ["", "", "", ""]
+    assert main([*argv, "--nbest", "1"]) == 0
+    alone = capsys.readouterr().out.split("\n")[:-1]
+    assert [alone[0], alone[3]] == [out[0], out[6]]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--beam", "3", "--nbest", "5"], "need beam >= 1 and 1 <= nbest <= beam, not beam 3, nbest 5"),
+        (["--beam", "0"], "need beam >= 1"),
+        (["--max-len-a", "-5"], "must be >= 0"),
+        (["--max-len-a", "0", "--max-len-b", "0"], "every output would be empty"),
+        (["--sampling-topk", "5", "--temperature", "0.5"], "--sampling-topk, --temperature only apply with --sampling"),
+        (["--sampling", "--temperature", "0"], "temperature > 0"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
+    ],
+)
+def test_generate_bad_options_are_one_line_errors(finetuned, tmp_path, capsys, options, message):
+    src = write_lines(tmp_path / "in.fr", ["le chat dort"])
+    assert main(["generate", str(finetuned), "--input", str(src), *options]) == 1
+    err = one_line_error(capsys, "generate")
+    assert message in err and "object at" not in err
+
+
+def test_generate_output_that_is_a_directory(finetuned, tmp_path, capsys):
+    src = write_lines(tmp_path / "in.fr", ["le chat dort"])
+    assert main(["generate", str(finetuned), "--input", str(src), "--output", str(tmp_path)]) == 1
+    assert "is a directory" in one_line_error(capsys, "generate")
+
+
+def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
+    src = write_lines(tmp_path / "in.fr", ["le chat dort", "le chat " * 400])
+    ref = write_lines(tmp_path / "ref.en", ["the cat sleeps", "the cat"])
+    assert main(["evaluate", str(finetuned), "--limit", "-1"]) == 1
+    assert "--limit must be >= 0" in one_line_error(capsys, "evaluate")
+    assert main(["evaluate", str(finetuned), "--reference", str(ref)]) == 1
+    assert "--reference goes with --input" in one_line_error(capsys, "evaluate")
+    assert main(["evaluate", str(finetuned), "--task", "mass", "--input", str(src)]) == 1
+    assert "takes no --input" in one_line_error(capsys, "evaluate")
+    assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref)]) == 1
+    assert f"{src}:2: line has" in one_line_error(capsys, "evaluate")  # not silently cut to the model's length
+    assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--limit", "1"]) == 0
+    result = json.loads((finetuned / "eval" / "mt-fr-en-in.fr.json").read_text(encoding="utf-8"))
+    assert result["input"] == str(src) and result["reference"] == str(ref) and "split" not in result
 
 
 def test_evaluate_prints_scores_with_the_sacrebleu_signature(finetuned, tmp_path, capsys):
@@ -402,6 +458,10 @@ def test_average_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     assert "--out" in one_line_error(capsys, "average")
     assert main(["average", str(tmp_path / "missing"), "--out", str(tmp_path / "avg")]) == 1
     assert "no checkpoint found" in one_line_error(capsys, "average")
+    assert main(["average", str(finetuned), "--last", "0"]) == 1
+    assert "the last 0 checkpoints" in one_line_error(capsys, "average")
+    assert main(["average", str(tmp_path / "missing"), "--last", "2"]) == 1
+    assert "not a run directory" in one_line_error(capsys, "average")
     assert not (tmp_path / "avg").exists()
 
 
@@ -440,6 +500,12 @@ def test_single_language_model_needs_no_direction(data_dir, tmp_path, capsys):
         (["en", "fr"], "mt", ("en", "fr"), (None, None), ("en", "fr")),  # the fine-tuned direction
         (["en", "fr"], "mt", ("en", "en"), (None, None), ("en", "en")),  # a summarizer, task not named
         (["en", "fr"], "mt", ("en", "fr"), ("fr", "en"), ("fr", "en")),  # what is asked for wins
+        (["en", "fr"], "mt", ("fr", "en"), ("en", None), ("en", "fr")),  # the fine-tuned pair's other side
+        (["en", "fr"], "mt", ("fr", "en"), (None, "fr"), ("en", "fr")),
+        (["en", "fr"], "mt", None, ("en", None), ("en", "fr")),  # the model's other language, not en->en
+        (["de", "en", "fr"], "mt", None, ("de", None), ("de", "en")),
+        (["de", "en"], "mt", None, (None, None), ("de", "en")),  # into English
+        (["de", "ro"], "mt", None, (None, None), ("de", "ro")),
     ],
 )
 def test_default_direction(langs, task, trained, given, expected):

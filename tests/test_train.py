@@ -129,7 +129,7 @@ def test_resume_equals_uninterrupted_run(data_dir, tmp_path, capsys):
     crashed.mkdir()
     (crashed / "model.safetensors").write_bytes(b"half a file")
     with (run_b / "metrics.jsonl").open("a") as f:
-        f.write('{"step": 7, "loss": 3.')  # and the kill cut a log line short
+        f.write('[1, 2]\n{"step": 7, "loss": 3.')  # a stray line, and the kill cut a log line short
     train(tiny_config(data_dir, run_b, *extra, "train.max_steps=8"))
     out = capsys.readouterr().out
     assert "resuming from" in out and "step_00000004 at step 4" in out  # the temporary is not a checkpoint
@@ -188,6 +188,60 @@ def test_rerunning_a_finished_run_trains_no_further(data_dir, tmp_path):
     train(tiny_config(data_dir, run, "train.max_steps=3"))
     assert sorted(train_losses(run)) == [1, 2, 3]
     assert_same_weights(before, final_weights(run))
+
+
+def test_resuming_with_other_fixed_settings_is_refused(data_dir, tmp_path):
+    """A resumed run restores its optimizer, schedule and data streams: a changed learning rate would silently
+    not apply, reordered languages would swap their embeddings, other objectives have no stream state."""
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, "train.max_steps=2"))
+    config = (run / "config.yaml").read_text()
+    changes = {
+        "optim.lr=0.1": "optim.lr",
+        "data.langs=[fr,en]": "data.langs",
+        "objectives=[{name: dae, lang: en}]": "objectives",
+        "model.encoder_lang_embed=false": "model.encoder_lang_embed",
+    }
+    for override, key in changes.items():
+        with pytest.raises(MassError, match=f"run was started with {key}=.*use another run_dir") as info:
+            train(tiny_config(data_dir, run, "train.max_steps=4", override))
+        assert "\n" not in str(info.value)
+    assert (run / "config.yaml").read_text() == config and latest_checkpoint(run).name == "step_00000002"
+    # What only the loop reads may change: the number of steps, intervals, dropout.
+    train(tiny_config(data_dir, run, "train.max_steps=3", "train.eval_interval=1", "model.dropout=0.2"))
+    assert latest_checkpoint(run).name == "step_00000003"
+    train(tiny_config(data_dir, run, "train.max_steps=1"))  # finished: nothing runs, nothing is recorded
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"] == 3
+
+
+def test_an_early_stopped_run_stays_stopped(data_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    extra = ("train.max_steps=20", "train.eval_interval=2", "train.patience=1")
+    flat = lambda model: {"bleu": 1.0}  # noqa: E731 - never improves after the first evaluation
+    train(tiny_config(data_dir, run, *extra), evaluator=flat, best_metric="bleu")
+    assert latest_checkpoint(run).name == "step_00000004"
+    capsys.readouterr()
+    train(tiny_config(data_dir, run, *extra), evaluator=flat, best_metric="bleu")
+    assert "already finished at step 4" in capsys.readouterr().out
+    assert latest_checkpoint(run).name == "step_00000004" and sorted(train_losses(run)) == [1, 2, 3, 4]
+
+
+def test_best_json_follows_the_checkpoints_after_a_kill(data_dir, tmp_path):
+    """A kill between a best checkpoint's rename and best.json's update: the rerun points best.json at it."""
+    run = tmp_path / "run"
+    scores = iter(range(100))
+    rising = lambda model: {"bleu": float(next(scores))}  # noqa: E731 - every evaluation is the best so far
+    extra = ("train.max_steps=4", "train.eval_interval=2", "train.keep_checkpoints=2")
+    train(tiny_config(data_dir, run, *extra), evaluator=rising, best_metric="bleu")
+    best = run / "checkpoints" / "best.json"
+    assert json.loads(best.read_text())["checkpoint"] == "step_00000004"
+    best.write_text(json.dumps({"checkpoint": "step_00000002", "step": 2}))  # as the kill left it
+    train(tiny_config(data_dir, run, *extra), evaluator=rising, best_metric="bleu")
+    assert json.loads(best.read_text()) == {"checkpoint": "step_00000004", "step": 4}
+    best.write_text("{bad")
+    with pytest.raises(MassError, match="invalid best.json") as info:
+        train(tiny_config(data_dir, run, *extra), evaluator=rising, best_metric="bleu")
+    assert info.value.path == str(best)
 
 
 def manual_updates(cfg, data_dir: Path, steps: int) -> tuple[list[dict], dict[str, torch.Tensor]]:

@@ -31,8 +31,11 @@ from mass.errors import MassError
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file via a temporary file and `os.replace`."""
     path = Path(path)
+    if path.is_dir():
+        raise MassError("is a directory: give a file name", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -42,6 +45,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -58,6 +67,9 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
         yield tmp
+        # Readable by others as mkdir/open would make them, not mkdtemp's (or safetensors') owner-only modes.
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -102,9 +114,15 @@ def save_checkpoint(
         for name, source in (files or {}).items():
             shutil.copyfile(source, tmp / name)
     if is_best:
-        atomic_write_text(root / "best.json", json.dumps({"checkpoint": final.name, "step": step}))
+        mark_best(run_dir, final)
     _prune(root, keep)
     return final
+
+
+def mark_best(run_dir: Path, ckpt: Path) -> None:
+    """Point `best.json` at checkpoint `ckpt` of the run."""
+    step = int(ckpt.name.removeprefix("step_"))
+    atomic_write_text(checkpoint_dir(run_dir) / "best.json", json.dumps({"checkpoint": ckpt.name, "step": step}))
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -126,7 +144,11 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     marker = checkpoint_dir(run_dir) / "best.json"
     if not marker.is_file():
         return None
-    path = checkpoint_dir(run_dir) / json.loads(marker.read_text())["checkpoint"]
+    try:
+        path = checkpoint_dir(run_dir) / str(json.loads(marker.read_text())["checkpoint"])
+    except (ValueError, KeyError, TypeError) as e:
+        hint = "delete it to fall back on the latest checkpoint"
+        raise MassError(f"invalid best.json ({type(e).__name__}: {e}); {hint}", marker) from None
     return path if path.is_dir() else None
 
 
@@ -232,6 +254,8 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
 
 def last_checkpoints(run_dir: Path, n: int) -> list[Path]:
     """The run's `n` most recent checkpoints, oldest first (fewer are an error: say how many there are)."""
+    if not checkpoint_dir(run_dir).is_dir():
+        raise MassError("not a run directory (no checkpoints/ in it)", run_dir)
     steps = _steps(run_dir)
     if n < 1 or len(steps) < n:
         raise MassError(

@@ -174,9 +174,15 @@ def _direction(args: argparse.Namespace, langs: list[str], task: str = "mt", tra
     elif len(langs) == 1 or (task in TASKS and TASKS[task].src_data):
         args.src = args.src or ("en" if "en" in langs else langs[0])
         args.tgt = args.tgt or args.src
+    elif args.src or args.tgt:  # the other side: the fine-tuned pair's other language, else the model's
+        given = args.src or args.tgt
+        pair = [lang for lang in (trained or ()) if lang != given] if trained and given in trained else []
+        other = pair or [lang for lang in ("en", "fr", *langs) if lang != given and lang in langs]
+        args.src, args.tgt = args.src or other[0], args.tgt or other[0]
+    elif "en" in langs:  # into English: from French if the model has it
+        args.src, args.tgt = "fr" if "fr" in langs else next(lang for lang in langs if lang != "en"), "en"
     else:
-        args.src = args.src or "fr"
-        args.tgt = args.tgt or "en"
+        args.src, args.tgt = langs[0], langs[1]
 
 
 def _checkpoint_defaults(args: argparse.Namespace, ckpt: Path) -> None:
@@ -209,33 +215,40 @@ def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
 
     from mass.tasks import get_task
 
-    cfg = dataclasses.replace(get_task(task_name).generate)
     names = ["beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest"]
-    names += ["sampling", "sampling_topk", "sampling_topp", "temperature", "seed"]
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(cfg, name, value)
-    return cfg
+    sampling_only = ["sampling_topk", "sampling_topp", "temperature", "seed"]
+    given = {name: value for name in [*names, *sampling_only] if (value := getattr(args, name, None)) is not None}
+    if getattr(args, "sampling", False):
+        given["sampling"] = True
+    elif any(name in given for name in sampling_only):
+        options = ", ".join("--" + name.replace("_", "-") for name in sampling_only if name in given)
+        raise MassError(f"{options} only apply with --sampling")
+    try:
+        return dataclasses.replace(get_task(task_name).generate, **given)
+    except ValueError as e:
+        raise MassError(str(e)) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from mass.tasks import read_source_lines
 
+    if args.output and Path(args.output).is_dir():  # before the work, not after it
+        raise MassError("is a directory: give a file name", args.output)
     generator = _load(args)
     generator.lang_id(args.src), generator.lang_id(args.tgt)  # unknown languages fail before reading input
-    lines = read_source_lines(Path(args.input) if args.input else None)
+    cfg = _generation_config(args, args.task)
+    lines = read_source_lines(Path(args.input) if args.input else None, allow_empty=True)
     ids = generator.tokenizer.encode_batch(lines)
-    limit = generator.model.cfg.max_positions - 1
-    for number, seq in enumerate(ids, start=1):
-        if len(seq) > limit:
-            raise MassError(
-                f"line has {len(seq)} subwords, more than the model's {limit}", args.input or "<stdin>", number
-            )
-    outs = generator.generate(ids, args.src, args.tgt, _generation_config(args, args.task), progress=True)
+    generator.check_lengths(ids, args.input or "<stdin>")
+    kept = [i for i, line in enumerate(lines) if line]  # an empty line gets empty outputs: files stay aligned
+    found = generator.generate([ids[i] for i in kept], args.src, args.tgt, cfg, progress=True)
+    outs = dict(zip(kept, found, strict=True))
     text = []
-    for nbest in outs:
-        for hyp in nbest:
+    for i in range(len(lines)):
+        if i not in outs:
+            text += [f"{float('-inf')}\t" if args.scores else ""] * cfg.nbest
+            continue
+        for hyp in outs[i]:
             line = generator.tokenizer.decode(hyp.tokens)
             text.append(f"{hyp.score:.4f}\t{line}" if args.scores else line)
     out = "\n".join(text) + "\n"
@@ -255,8 +268,12 @@ def cmd_translate(args: argparse.Namespace) -> None:
     while True:
         try:
             line = input(f"{args.src}> ").strip()
+            line.encode("utf-8")  # undecodable bytes reach here as surrogates
         except EOFError:
             break
+        except UnicodeEncodeError:
+            print("invalid UTF-8: line skipped", file=sys.stderr)
+            continue
         if line:
             print(generator.translate([line], args.src, args.tgt, cfg)[0], flush=True)
 
@@ -265,6 +282,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
 
+    if args.limit < 0:
+        raise MassError(f"--limit must be >= 0 (0 = all), not {args.limit}")
+    if args.output and Path(args.output).is_dir():
+        raise MassError("is a directory: give a file name", args.output)
+    if args.reference and not args.input:
+        raise MassError("--reference goes with --input (the sources it is the reference of)")
+    if args.input and args.task == "mass":
+        raise MassError("--task mass scores the data's held-out split (--split); it takes no --input")
     ckpt = resolve_checkpoint(args.checkpoint)
     every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
@@ -296,7 +321,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_average(args: argparse.Namespace) -> None:
     from mass.checkpoint import average_checkpoints, checkpoint_dir, last_checkpoints
 
-    if args.last:
+    if args.last is not None:
         if len(args.checkpoints) != 1:
             raise MassError(f"--last takes one run directory, not {len(args.checkpoints)} paths")
         run_dir = Path(args.checkpoints[0])

@@ -173,6 +173,16 @@ class GenerationConfig:
     temperature: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.beam < 1 or self.nbest < 1 or (self.nbest > self.beam and not self.sampling):
+            raise ValueError(f"need beam >= 1 and 1 <= nbest <= beam, not beam {self.beam}, nbest {self.nbest}")
+        if min(self.min_len, self.max_len_a, self.max_len_b, self.no_repeat_ngram) < 0 or self.max_tokens < 1:
+            raise ValueError("min_len, max_len_a, max_len_b and no_repeat_ngram must be >= 0, max_tokens >= 1")
+        if self.max_len_a == 0 and self.max_len_b == 0:
+            raise ValueError("max_len_a and max_len_b are both 0: every output would be empty")
+        if self.sampling_topk < 0 or not 0.0 < self.sampling_topp <= 1.0 or not self.temperature > 0.0:
+            raise ValueError("sampling needs sampling_topk >= 0, 0 < sampling_topp <= 1 and temperature > 0")
+
 
 @dataclass
 class Config:

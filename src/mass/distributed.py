@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from mass.errors import MassError
+
 
 @dataclass
 class DistInfo:
@@ -28,9 +30,13 @@ class DistInfo:
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
+    try:
+        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    except RuntimeError:
+        raise MassError(f"unknown device {name!r} (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MassError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU (use cpu or auto)")
+    return device
 
 
 def setup(device_name: str = "auto") -> DistInfo:

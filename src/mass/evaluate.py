@@ -84,7 +84,8 @@ def evaluate_checkpoint(
         name += f"-{ckpt.name}"  # not the run's own checkpoint (an older or averaged one): keep results apart
     output = output or run_dir / "eval" / f"{name}.json"
     start = time.perf_counter()
-    result: dict = {"checkpoint": str(ckpt), "task": task_name, "split": split}
+    given = {"input": str(input_path), "reference": str(reference_path)} if input_path else {"split": split}
+    result: dict = {"checkpoint": str(ckpt), "task": task_name, **given}
     if task_name == "mass":
         result["metrics"] = mass_perplexity(ckpt, src, split, device, limit)
     else:
@@ -97,16 +98,20 @@ def evaluate_checkpoint(
             sources, refs = read_source_lines(input_path), read_source_lines(reference_path)
             if len(sources) != len(refs):
                 raise MassError(f"{len(sources)} sources but {len(refs)} references in {reference_path}", input_path)
+            source_name = str(input_path)
         else:
             sides = task.src_data or src, task.tgt_data or tgt
             data_dir = read_checkpoint_config(ckpt)["data"].get("dir")
             if data_dir:  # the run's own data: the text its prepare kept
                 data = load_data_dir(Path(data_dir))
+                source_name = str(data.text(split, sides[0]))
                 sources, refs = (read_source_lines(data.text(split, side)) for side in sides)
             else:
+                source_name = f"the {task.corpus} corpus's {split}.{sides[0]}"
                 sources, refs = _shipped_pairs(task.corpus, split, *sides)
         if limit > 0:
             sources, refs = sources[:limit], refs[:limit]
+        generator.check_lengths(generator.tokenizer.encode_batch(sources), source_name)
         if task_name == "align":
             result.update(metrics=alignment(generator, sources, refs, src, tgt), src=src, tgt=tgt)
             return _write(result, output, start)

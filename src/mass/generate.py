@@ -174,7 +174,8 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.top_k < 0 or not 0.0 < self.top_p <= 1.0 or not self.temperature > 0.0:
-            raise ValueError(f"sampling needs top_k >= 0, 0 < top_p <= 1 and temperature > 0, not {self}")
+            values = f"top_k={self.top_k}, top_p={self.top_p}, temperature={self.temperature}"
+            raise ValueError(f"sampling needs top_k >= 0, 0 < top_p <= 1 and temperature > 0, not {values}")
 
     def draw(self, log_probs: torch.Tensor) -> torch.Tensor:
         """(R, V) log-probabilities (-inf for banned tokens) -> (R,) drawn token ids."""

@@ -93,6 +93,13 @@ class Generator:
                 bar.update(len(chunk))
         return results
 
+    def check_lengths(self, sources: list[list[int]], name: str) -> None:
+        """A one-line error for the first source longer than the model's positions (rather than cutting it)."""
+        limit = self.model.cfg.max_positions - 1
+        for number, seq in enumerate(sources, start=1):
+            if len(seq) > limit:
+                raise MassError(f"line has {len(seq)} subwords, more than the model's {limit}", name, number)
+
     @torch.no_grad()
     def sentence_vectors(self, sources: list[list[int]], lang: str, max_tokens: int = 6000) -> torch.Tensor:
         """(N, D) mean of each sentence's encoder states (its EOS included, padding not), in input order."""
@@ -173,6 +180,8 @@ class Generator:
         progress: bool = False,
     ) -> list[str]:
         """Detokenized best output per sentence (beam 5 unless `cfg` says otherwise)."""
+        if isinstance(sentences, str):  # else each character would be translated as a sentence
+            raise TypeError("translate takes a list of sentences; wrap one sentence in a list")
         ids = self.tokenizer.encode_batch(sentences)
         outs = self.generate(ids, src_lang, tgt_lang, cfg or GenerationConfig(), progress)
         return [self.tokenizer.decode(out[0].tokens) for out in outs]

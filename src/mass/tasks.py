@@ -142,13 +142,20 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
     return evaluator
 
 
-def read_source_lines(path: Path | None, max_chars: int = 10_000) -> list[str]:
-    """Lines of a UTF-8 file (or stdin when `path` is None), with a one-line error for bad lines."""
+def read_source_lines(path: Path | None, max_chars: int = 10_000, allow_empty: bool = False) -> list[str]:
+    """Lines of a UTF-8 file (or stdin when `path` is None), with a one-line error for bad lines.
+
+    Lines end at "\n" only (a stray "\r" inside a line must not split it, or outputs would stop lining up
+    with inputs); `allow_empty` keeps blank lines as "" instead of refusing them.
+    """
     import sys
 
     if path is not None and not Path(path).is_file():
         raise MassError("input file not found", path)
-    raw = Path(path).read_bytes().splitlines() if path is not None else sys.stdin.buffer.read().splitlines()
+    data = Path(path).read_bytes() if path is not None else sys.stdin.buffer.read()
+    raw = data.split(b"\n")
+    if raw and not raw[-1]:
+        raw.pop()  # the final newline ends the last line, it does not start another
     name = str(path) if path is not None else "<stdin>"
     lines = []
     for number, line in enumerate(raw, start=1):
@@ -156,7 +163,7 @@ def read_source_lines(path: Path | None, max_chars: int = 10_000) -> list[str]:
             text = line.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise MassError("invalid UTF-8", name, number) from None
-        if not text:
+        if not text and not allow_empty:
             raise MassError("empty line (one sentence per line is expected)", name, number)
         if len(text) > max_chars:
             raise MassError(f"line has {len(text)} characters, more than {max_chars}", name, number)

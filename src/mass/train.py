@@ -24,9 +24,12 @@ from tqdm import tqdm
 from mass import distributed
 from mass.batch import Batch
 from mass.checkpoint import (
+    atomic_write_text,
+    best_checkpoint,
     latest_checkpoint,
     load_state,
     load_weights,
+    mark_best,
     read_checkpoint_config,
     resolve_checkpoint,
     save_checkpoint,
@@ -279,11 +282,40 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 
 def _logged_step(line: str) -> float:
-    """The step of a metrics.jsonl line; infinity for a blank line or one a kill cut short (dropped)."""
+    """The step of a metrics.jsonl line; infinity for a blank line, one a kill cut short or any other line
+    that is not a record (dropped)."""
     try:
-        return json.loads(line).get("step", 0)
+        record = json.loads(line)
     except json.JSONDecodeError:
         return math.inf
+    return record.get("step", 0) if isinstance(record, dict) else math.inf
+
+
+# Settings fixed when a run starts. Resuming restores the optimizer and schedule (so a new learning rate
+# would silently not apply), the data streams of the objectives and the meaning of the language ids.
+_FIXED_AT_START = ("data.langs", "data.corpus", "data.train_split", "objectives", "model", "mask", "noise")
+_FIXED_AT_START += tuple(f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps"))
+_FREE_MODEL_KEYS = ("model.dropout", "model.attention_dropout")
+
+
+def check_resume(saved: dict, cfg: Config, ckpt: Path) -> None:
+    """Refuse to resume a run with another value of a setting fixed at its start (one line naming it)."""
+
+    def flat(node: object, prefix: str = "") -> dict[str, object]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    old, new = flat(saved), flat(to_dict(cfg))
+    old, new = ({k.rstrip("."): v for k, v in d.items()} for d in (old, new))
+    for key in sorted(set(old) | set(new)):
+        fixed = key.startswith(_FIXED_AT_START) and not key.startswith(_FREE_MODEL_KEYS)
+        if fixed and old.get(key) != new.get(key):
+            raise MassError(
+                f"the run was started with {key}={old.get(key)!r}, not {new.get(key)!r}: a run resumes with the "
+                "settings it started with (use another run_dir, or start from this run with init_from/--from)",
+                ckpt,
+            )
 
 
 class RunLog:
@@ -300,7 +332,7 @@ class RunLog:
             return
         if self.path.is_file():
             kept = [ln for ln in self.path.read_text().splitlines() if _logged_step(ln) <= step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -366,6 +398,7 @@ def train(
     step, best, bad_evals, spent = 0, None, 0, 0.0  # spent: training seconds of earlier invocations
     resume = latest_checkpoint(run_dir)
     if resume is not None:
+        check_resume(read_checkpoint_config(resume), cfg, resume)
         load_weights(model, resume)
         state = load_state(resume)
         optimizer.load_state_dict(state["optimizer"])
@@ -378,15 +411,24 @@ def train(
         spent = state.get("train_seconds", 0.0)
         if info.is_main:
             torch.set_rng_state(state["rng"])
+            if "cuda_rng" in state and info.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], info.device)
         else:
-            torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)
+            torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)  # as at every checkpoint
+        if state.get("is_best") and best_checkpoint(run_dir) != resume:
+            mark_best(run_dir, resume)  # a kill came between the checkpoint's rename and best.json
     elif cfg.init_from and not cfg.scratch:
         load_weights(model, resolve_checkpoint(cfg.init_from), new_langs=True)
 
+    budget_s = cfg.train.time_budget * 60
+    # Rerunning a finished run (its steps, its time budget or its patience used up) changes nothing.
+    finished = step >= cfg.train.max_steps or bool(budget_s and spent >= budget_s)
+    finished = finished or bool(resume is not None and cfg.train.patience and bad_evals >= cfg.train.patience)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if resume is not None:
+        if not finished:  # the config on record is the one that trains
+            save_config(cfg, run_dir / "config.yaml")
+        if resume is not None and not finished:
             print(f"resuming from {resume} at step {step}")
     log = RunLog(run_dir, step, cfg.train.tensorboard, enabled=info.is_main)
     ddp = DistributedDataParallel(model) if info.enabled else model
@@ -413,7 +455,12 @@ def train(
             "bad_evals": bad_evals,
             "rng": torch.get_rng_state(),  # rank 0's dropout RNG; other ranks reseed from the step
             "train_seconds": trained_seconds(),  # a resumed run keeps its time budget
+            "is_best": is_best,
         }
+        if info.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(info.device)
+        if not info.is_main:  # reseeded as a resumed run reseeds them, so that resuming is exact
+            torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)
         if info.is_main:
             save_checkpoint(
                 run_dir,
@@ -436,7 +483,6 @@ def train(
     window = {"time": 0.0, "src": 0.0, "tgt": 0.0, "sents": 0.0, "bt_seconds": 0.0}
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
     # A time-budgeted run's bar fills with its budget (max_steps is then only a ceiling); otherwise with steps.
-    budget_s = cfg.train.time_budget * 60
     bar = tqdm(
         total=round(budget_s) if budget_s else cfg.train.max_steps,
         initial=min(spent, budget_s) if budget_s else step,
@@ -446,8 +492,6 @@ def train(
         dynamic_ncols=True,
         desc="train",
     )
-    # Rerunning a finished run (its steps or its time budget used up) changes nothing.
-    finished = step >= cfg.train.max_steps or bool(budget_s and spent >= budget_s)
     stopped_early = finished
     if finished and info.is_main:
         print(f"{run_dir} already finished at step {step}")
@@ -487,7 +531,8 @@ def train(
         if step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps and not over_budget:
             metrics = run_eval()
             log.write({"step": step, **metrics}, "valid")
-            bar.write(_metrics_line(step, metrics, cfg.data.valid_split))
+            if info.is_main:
+                bar.write(_metrics_line(step, metrics, cfg.data.valid_split))
             checkpoint(metrics)
             if cfg.train.patience and bad_evals >= cfg.train.patience:
                 stopped_early = True
@@ -495,7 +540,8 @@ def train(
         elif step % cfg.train.save_interval == 0 and step < cfg.train.max_steps:
             checkpoint(None)
         if over_budget:
-            bar.write(f"time budget of {cfg.train.time_budget} min reached at step {step}")
+            if info.is_main:
+                bar.write(f"time budget of {cfg.train.time_budget} min reached at step {step}")
             break
     bar.close()
     if not stopped_early:
@@ -505,7 +551,7 @@ def train(
             print(_metrics_line(step, metrics, cfg.data.valid_split))
         checkpoint(metrics)
     log.close()
-    if info.is_main and not finished:
+    if info.is_main and (not finished or not (run_dir / "curves.png").exists()) and log.path.is_file():
         from mass.plots import plot_metrics
 
         plot_metrics(log.path, run_dir / "curves.png")

@@ -337,7 +337,7 @@ def prepare_dir(
         tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
         os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide shared data from other users
     except OSError as exc:
-        raise MassError(f"cannot create the output directory ({exc.strerror})", path=out_dir) from None
+        raise MassError(f"cannot create the output directory ({exc.strerror or exc})", path=out_dir) from None
     try:
         shutil.copyfile(tokenizer_path, tmp_dir / TOKENIZER_FILE)
         for split in TEXT_SPLITS:
@@ -360,7 +360,7 @@ def prepare_dir(
         try:
             _move_into_place(tmp_dir, out_dir)
         except OSError as exc:
-            raise MassError(f"cannot replace the output directory ({exc.strerror})", path=out_dir) from None
+            raise MassError(f"cannot replace the output directory ({exc.strerror or exc})", path=out_dir) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return out_dir

@@ -246,7 +246,7 @@ def write_corpus_dir(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MassError(f"cannot create the output directory ({exc.strerror})", out_dir) from None
+        raise MassError(f"cannot create the output directory ({exc.strerror or exc})", out_dir) from None
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     try:
@@ -269,7 +269,7 @@ def write_corpus_dir(
         if old.exists() and not out_dir.exists():
             os.replace(old, out_dir)
         if isinstance(exc, OSError):
-            raise MassError(f"cannot write the output directory ({exc.strerror})", out_dir) from None
+            raise MassError(f"cannot write the output directory ({exc.strerror or exc})", out_dir) from None
         raise
     shutil.rmtree(old, ignore_errors=True)
 
