@@ -308,11 +308,11 @@ def check_resume(saved: dict, cfg: Config, ckpt: Path) -> None:
 
     old, new = flat(saved), flat(to_dict(cfg))
     old, new = ({k.rstrip("."): v for k, v in d.items()} for d in (old, new))
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) & set(new)):  # a setting newer than the run's version keeps its default
         fixed = key.startswith(_FIXED_AT_START) and not key.startswith(_FREE_MODEL_KEYS)
-        if fixed and old.get(key) != new.get(key):
+        if fixed and old[key] != new[key]:
             raise MassError(
-                f"the run was started with {key}={old.get(key)!r}, not {new.get(key)!r}: a run resumes with the "
+                f"the run was started with {key}={old[key]!r}, not {new[key]!r}: a run resumes with the "
                 "settings it started with (use another run_dir, or start from this run with init_from/--from)",
                 ckpt,
             )
