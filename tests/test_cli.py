@@ -367,6 +367,7 @@ def test_generate_keeps_outputs_aligned_with_inputs(finetuned, tmp_path, capsys)
         (["--sampling-topk", "5", "--temperature", "0.5"], "--sampling-topk, --temperature only apply with --sampling"),
         (["--sampling", "--temperature", "0"], "temperature > 0"),
         (["--device", "bogus"], "unknown device 'bogus'"),
+        (["--beam", "100000"], "beam 100000 is larger than the vocabulary"),
     ],
 )
 def test_generate_bad_options_are_one_line_errors(finetuned, tmp_path, capsys, options, message):

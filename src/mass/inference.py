@@ -77,6 +77,8 @@ class Generator:
         length. With sampling, the n "best" are n draws, in the order drawn. `progress` shows a bar on stderr
         (sentences done), for long files on a CPU."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
+        if not cfg.sampling and cfg.beam > self.model.cfg.vocab_size:  # more beams than tokens: memory, no gain
+            raise MassError(f"beam {cfg.beam} is larger than the vocabulary ({self.model.cfg.vocab_size} tokens)")
         results: list[list[Hypothesis]] = [[] for _ in sources]
         sampling = None
         if cfg.sampling:  # a generator of its own per call: the same seed and input give the same samples
