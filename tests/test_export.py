@@ -192,6 +192,7 @@ def test_export_takes_the_tasks_generation_defaults(run, tmp_path):
     export_hf(run, tmp_path / "summ", "en", "en", task="summarization")
     mt, summ = (transformers.GenerationConfig.from_pretrained(tmp_path / name) for name in ("mt", "summ"))
     assert (mt.num_beams, mt.no_repeat_ngram_size, summ.num_beams, summ.no_repeat_ngram_size) == (5, 0, 5, 3)
+    assert mt.max_new_tokens is None and summ.max_new_tokens == 41  # a summary: 40 tokens and its EOS, as ours
     assert "tags: [mass, summarization, bart]" in (tmp_path / "summ" / "README.md").read_text()
     with pytest.raises(MassError, match="unknown task"):
         export_hf(run, tmp_path / "bad", "en", "en", task="poetry")

@@ -146,13 +146,17 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str =
     bart = to_bart(generator.model, generator.lang_id(src), generator.lang_id(tgt))
     bart.config.update({"mass_checkpoint": str(checkpoint), "mass_src": src, "mass_tgt": tgt})
     gen = get_task(task).generate
-    # max_length counts the start token, so the decoder may fill every position.
+    # max_length counts the start token, so the decoder may fill every position. A length that grows with
+    # the source (max_len_a > 0, translation) has no transformers equivalent; a fixed one (a summary's) has:
+    # max_new_tokens counts the EOS that ours does not.
+    fixed = {"max_new_tokens": gen.max_len_b + 1} if gen.max_len_a == 0 else {}
     bart.generation_config.update(
         num_beams=gen.beam,
         length_penalty=gen.length_penalty,
         no_repeat_ngram_size=gen.no_repeat_ngram,
         early_stopping=True,
         max_length=generator.model.cfg.max_positions,
+        **fixed,
     )
     tokenizer = hf_tokenizer(generator.tokenizer.path)
     card = _model_card(checkpoint, src, tgt, generator.model, task, gen.beam)
