@@ -85,6 +85,33 @@ def test_bad_study_files(tmp_path):
     bad.write_text("name: [x\n")
     with pytest.raises(MassError, match=r"bad.yaml:\d+"):
         load_study(bad)
+    # Checked whole before anything trains: a typo in the last run's overrides, a task, a name, a duplicate key.
+    run = "  - {name: p, kind: pretrain, steps: 2}\n  - {name: f, kind: finetune, init: p, "
+    for tail, message in [
+        ("overrides: [optim.lrr=0.1]}", "run f: unknown key config.optim.lrr"),
+        ("overrides: [optim.lr=abc]}", "run f: config.optim.lr must be float"),
+        ("task: mtt}", "run f: unknown task 'mtt'"),
+    ]:
+        bad.write_text(f"name: x\nruns:\n{run}{tail}\n")
+        with pytest.raises(MassError, match=message) as info:
+            load_study(bad)
+        assert info.value.path == str(bad)
+    bad.write_text("name: x\ncommon: [train.max_stepz=3]\nruns:\n  - {name: p, kind: pretrain}\n")
+    with pytest.raises(MassError, match="run p: unknown key config.train.max_stepz"):
+        load_study(bad)
+    bad.write_text("name: x\nruns:\n  - {name: ../out, kind: pretrain}\n")
+    with pytest.raises(MassError, match="run name '../out': letters"):
+        load_study(bad)
+    bad.write_text("name: x\nruns:\n  - {name: p, kind: pretrain}\n  - {name: p, kind: pretrain}\n")
+    with pytest.raises(MassError, match="'p' is used twice"):
+        load_study(bad)
+    bad.write_text("name: x\nname: y\nruns: []\n")
+    with pytest.raises(MassError, match="key 'name' given twice") as info:
+        load_study(bad)
+    assert info.value.line == 2
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(MassError, match="a study file must be a mapping"):
+        load_study(bad)
 
 
 def test_resumed_run_reports_the_training_time_of_every_invocation(tmp_path):

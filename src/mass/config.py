@@ -306,24 +306,27 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def read_yaml(path: str | Path, kind: str = "config") -> dict:
+    """A YAML mapping from a file (empty: {}), with one-line errors naming the file and, where YAML knows
+    it, the line: missing file, not UTF-8, bad syntax, a key given twice, not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise MassError(f"{kind} file not found", path)
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as e:
+        raise MassError(f"not UTF-8 ({e.reason} at byte {e.start})", path) from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        raise MassError(f"invalid YAML: {getattr(e, 'problem', e)}", path, None if line is None else line + 1) from None
+    if not isinstance(raw, dict):
+        raise MassError(f"a {kind} file must be a mapping of keys to values", path)
+    return raw
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults <- YAML file <- dotted overrides, validated into a `Config`."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MassError("config file not found", path)
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
-        except UnicodeDecodeError as e:
-            raise MassError(f"not UTF-8 ({e.reason} at byte {e.start})", path) from None
-        except yaml.YAMLError as e:
-            line = getattr(getattr(e, "problem_mark", None), "line", None)
-            raise MassError(
-                f"invalid YAML: {getattr(e, 'problem', e)}", path, None if line is None else line + 1
-            ) from None
-        if not isinstance(raw, dict):
-            raise MassError("a config file must be a mapping of sections", path)
+    raw = read_yaml(path, "config") if path is not None else {}
     for override in overrides:
         apply_override(raw, override)
     try:

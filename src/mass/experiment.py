@@ -9,15 +9,16 @@ resumes where it stopped. Results go to `RUN_ROOT/results.{md,json}` and `RUN_RO
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from mass.checkpoint import atomic_write_text, latest_checkpoint, load_state
-from mass.config import ObjectiveConfig, from_dict, load_config
+from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml
 from mass.errors import MassError
 from mass.plots import read_metrics
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -73,28 +74,30 @@ class Study:
 
 
 def load_study(path: Path) -> Study:
+    """A study file, checked whole before anything trains: a typo in the last run's overrides must not
+    surface after hours of the earlier runs."""
+    from mass.tasks import get_task
+
     path = Path(path)
-    if not path.is_file():
-        raise MassError("study file not found", path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise MassError(
-            f"invalid YAML: {getattr(e, 'problem', e)}", path, None if mark is None else mark.line + 1
-        ) from None
-    try:
-        study = from_dict(Study, raw or {}, "study")
+        study = from_dict(Study, read_yaml(path, "study"), "study")
     except MassError as e:
-        raise MassError(e.message, path) from None
+        raise MassError(e.message, e.path or path, e.line) from None
     names = [run.name for run in study.runs]
     for run in study.runs:
+        if not _RUN_NAME.match(run.name):
+            raise MassError(f"run name {run.name!r}: letters, digits, '_', '-', '.' only (it names a directory)", path)
+        if names.count(run.name) > 1:
+            raise MassError(f"run name {run.name!r} is used twice: names must be unique", path)
         if run.kind not in ("pretrain", "finetune", "unsup"):
             raise MassError(f"run {run.name}: kind must be pretrain, finetune or unsup", path)
         if run.init and run.init not in names[: names.index(run.name)]:
             raise MassError(f"run {run.name}: init {run.init!r} is not an earlier run of the study", path)
-    if len(set(names)) != len(names):
-        raise MassError("run names must be unique", path)
+        try:
+            get_task(run.task)
+            load_config(None, [*study.common, *run.overrides])
+        except MassError as e:
+            raise MassError(f"run {run.name}: {e.message}", path) from None
     return study
 
 
@@ -245,5 +248,7 @@ def _plot(study: Study, root: Path, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(root / "plot.png", dpi=110)
+    tmp = root / ".plot.tmp.png"  # renamed into place: a kill never leaves half a picture
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(root / "plot.png")
     plt.close(fig)
