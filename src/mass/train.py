@@ -484,10 +484,10 @@ def train(
     window_loss: dict[str, list[float]] = {obj.name: [0.0, 0.0] for obj in objectives}
     # A time-budgeted run's bar fills with its budget (max_steps is then only a ceiling); otherwise with steps.
     bar = tqdm(
-        total=round(budget_s) if budget_s else cfg.train.max_steps,
+        total=budget_s or cfg.train.max_steps,
         initial=min(spent, budget_s) if budget_s else step,
         unit="s" if budget_s else "it",
-        bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]" if budget_s else None,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]" if budget_s else None,
         disable=not info.is_main,
         dynamic_ncols=True,
         desc="train",
