@@ -415,7 +415,7 @@ def train(
                 torch.cuda.set_rng_state(state["cuda_rng"], info.device)
         else:
             torch.manual_seed(cfg.train.seed + info.rank + 7919 * step)  # as at every checkpoint
-        if state.get("is_best") and best_checkpoint(run_dir) != resume:
+        if info.is_main and state.get("is_best") and best_checkpoint(run_dir) != resume:
             mark_best(run_dir, resume)  # a kill came between the checkpoint's rename and best.json
     elif cfg.init_from and not cfg.scratch:
         load_weights(model, resolve_checkpoint(cfg.init_from), new_langs=True)
