@@ -294,24 +294,24 @@ def free_env() -> dict[str, str]:
     return env
 
 
+def torchrun(data_dir: Path, run: Path, *overrides: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mass.cli"]
+    proc = subprocess.run(
+        [*cmd, "pretrain", *tiny_overrides(data_dir, run, *overrides)],
+        env=free_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_accumulation(data_dir, tmp_path):
     common = ("train.max_steps=4", "train.eval_interval=100", "data.max_tokens=300", "optim.lr=0.003")
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     train(tiny_config(data_dir, single, *common, "optim.accum_steps=2"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "mass.cli",
-        "pretrain",
-        *tiny_overrides(data_dir, ddp, *common, "optim.accum_steps=1"),
-    ]
-    proc = subprocess.run(cmd, env=free_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(data_dir, ddp, *common, "optim.accum_steps=1")
     losses_single, losses_ddp = train_losses(single), train_losses(ddp)
     assert sorted(losses_ddp) == [1, 2, 3, 4]
     for step in range(1, 5):
@@ -321,6 +321,20 @@ def test_two_process_ddp_matches_accumulation(data_dir, tmp_path):
     for a, b in zip(ddp_log, single_log, strict=True):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert_same_weights(final_weights(ddp), final_weights(single), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_resumes_exactly_with_dropout(data_dir, tmp_path):
+    """Each process draws its own dropout masks; a resumed 2-process run must draw the ones an uninterrupted
+    run draws (process 0 restores its saved RNG state, the others reseed as they do at every checkpoint)."""
+    common = ("train.eval_interval=100", "train.save_interval=2", "data.max_tokens=300", "model.dropout=0.3")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    torchrun(data_dir, whole, *common, "train.max_steps=4")
+    torchrun(data_dir, resumed, *common, "train.max_steps=2")
+    torchrun(data_dir, resumed, *common, "train.max_steps=4")
+    assert sorted(train_losses(resumed)) == [1, 2, 3, 4]
+    assert train_losses(resumed) == train_losses(whole)
+    assert_same_weights(final_weights(resumed), final_weights(whole))
 
 
 def write_yaml(path: Path, data: dict) -> Path:
