@@ -95,7 +95,7 @@ def test_bad_study_files(tmp_path):
         bad.write_text(f"name: x\nruns:\n{run}{tail}\n")
         with pytest.raises(MassError, match=message) as info:
             load_study(bad)
-        assert info.value.path == str(bad)
+        assert (info.value.path, info.value.line) == (str(bad), 4)  # the file and the line of run f
     bad.write_text("name: x\ncommon: [train.max_stepz=3]\nruns:\n  - {name: p, kind: pretrain}\n")
     with pytest.raises(MassError, match="run p: unknown key config.train.max_stepz"):
         load_study(bad)
@@ -103,8 +103,13 @@ def test_bad_study_files(tmp_path):
     with pytest.raises(MassError, match="run name '../out': letters"):
         load_study(bad)
     bad.write_text("name: x\nruns:\n  - {name: p, kind: pretrain}\n  - {name: p, kind: pretrain}\n")
-    with pytest.raises(MassError, match="'p' is used twice"):
+    with pytest.raises(MassError, match="'p' is used twice") as info:
         load_study(bad)
+    assert info.value.line == 3
+    bad.write_text("name: x\nruns:\n  - {name: p, kind: pretrain}\n  - {name: q, kind: pretrain, bogus: 1}\n")
+    with pytest.raises(MassError, match=r"unknown key study.runs\[1\].bogus") as info:
+        load_study(bad)
+    assert info.value.line == 4
     bad.write_text("name: x\nname: y\nruns: []\n")
     with pytest.raises(MassError, match="key 'name' given twice") as info:
         load_study(bad)

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from mass.checkpoint import atomic_write_text, latest_checkpoint, load_state
 from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml
 from mass.errors import MassError
@@ -79,26 +81,40 @@ def load_study(path: Path) -> Study:
     from mass.tasks import get_task
 
     path = Path(path)
+    raw = read_yaml(path, "study")
+    lines = _run_lines(path)
     try:
-        study = from_dict(Study, read_yaml(path, "study"), "study")
+        study = from_dict(Study, raw, "study")
     except MassError as e:
-        raise MassError(e.message, e.path or path, e.line) from None
+        index = re.search(r"runs\[(\d+)\]", e.message)
+        line = lines[int(index.group(1))] if index and int(index.group(1)) < len(lines) else None
+        raise MassError(e.message, path, line) from None
     names = [run.name for run in study.runs]
-    for run in study.runs:
+    for run, line in zip(study.runs, lines, strict=True):
         if not _RUN_NAME.match(run.name):
-            raise MassError(f"run name {run.name!r}: letters, digits, '_', '-', '.' only (it names a directory)", path)
+            message = f"run name {run.name!r}: letters, digits, '_', '-', '.' only (it names a directory)"
+            raise MassError(message, path, line)
         if names.count(run.name) > 1:
-            raise MassError(f"run name {run.name!r} is used twice: names must be unique", path)
+            raise MassError(f"run name {run.name!r} is used twice: names must be unique", path, line)
         if run.kind not in ("pretrain", "finetune", "unsup"):
-            raise MassError(f"run {run.name}: kind must be pretrain, finetune or unsup", path)
+            raise MassError(f"run {run.name}: kind must be pretrain, finetune or unsup", path, line)
         if run.init and run.init not in names[: names.index(run.name)]:
-            raise MassError(f"run {run.name}: init {run.init!r} is not an earlier run of the study", path)
+            raise MassError(f"run {run.name}: init {run.init!r} is not an earlier run of the study", path, line)
         try:
             get_task(run.task)
             load_config(None, [*study.common, *run.overrides])
         except MassError as e:
-            raise MassError(f"run {run.name}: {e.message}", path) from None
+            raise MassError(f"run {run.name}: {e.message}", path, line) from None
     return study
+
+
+def _run_lines(path: Path) -> list[int]:
+    """The 1-based line where each entry of the file's `runs:` list starts, for errors about one run."""
+    root = yaml.compose(path.read_text(encoding="utf-8"))
+    for key, value in getattr(root, "value", None) or []:
+        if key.value == "runs" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return []
 
 
 def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> None:
