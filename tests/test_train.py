@@ -244,6 +244,30 @@ def test_best_json_follows_the_checkpoints_after_a_kill(data_dir, tmp_path):
     assert info.value.path == str(best)
 
 
+def test_validation_bleu_scores_the_kept_reference_text(data_dir, tmp_path, monkeypatch):
+    """Validation scores what `mass evaluate` scores: the references prepare kept, not their subwords decoded
+    (NFKC turns "½" into "1⁄2"; a small vocabulary spells uncovered letters as ⁇). Without kept text, decoded."""
+    from mass import tasks
+    from mass.config import ObjectiveConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    marked = [line + " ½" for line in (data / "text" / "valid.en").read_text(encoding="utf-8").splitlines()]
+    (data / "text" / "valid.en").write_text("".join(line + "\n" for line in marked), encoding="utf-8")
+    seen = []
+    real = tasks.score
+    monkeypatch.setattr(tasks, "score", lambda task, hyps, refs: seen.append(refs) or real(task, hyps, refs))
+    cfg, prepared = tiny_config(data, tmp_path / "run", "generate.beam=1"), load_data_dir(data)
+    cfg.model = resolve_model_config(cfg, prepared)
+    model, direction = MassModel(cfg.model), [ObjectiveConfig(name="translate", src="fr", tgt="en")]
+    tasks.make_evaluator(cfg, tasks.get_task("mt"), prepared, direction, 5)(model)
+    assert seen[-1] == marked[:5]
+    shutil.rmtree(data / "text")
+    tasks.make_evaluator(cfg, tasks.get_task("mt"), prepared, direction, 5)(model)
+    decoded = [prepared.tokenizer().decode(prepared.array("valid", "en")[i].tolist()) for i in range(5)]
+    assert seen[-1] == decoded and decoded != marked[:5]
+
+
 def manual_updates(cfg, data_dir: Path, steps: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """What the trainer should compute with `optim.accum_steps` micro-batches per objective, written out."""
     data = load_data_dir(data_dir)

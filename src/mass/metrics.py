@@ -63,8 +63,9 @@ def chrf(hyps: list[str], refs: list[str]) -> dict:
 def rouge(hyps: list[str], refs: list[str]) -> dict:
     """Mean ROUGE-1/2/L F1 (x100) with Google's rouge-score and Porter stemming.
 
-    rouge-score lowercases and keeps only ``[a-z0-9]`` tokens, so it suits English only; text in other
-    scripts scores 0. ROUGE-L here is sentence-level LCS (not the newline-split "rougeLsum").
+    rouge-score lowercases and keeps only ``[a-z0-9]`` runs, so it suits English: accented letters split
+    words ("élève" counts as "l", "ve") and text in other scripts has no tokens at all. ROUGE-L here is
+    sentence-level LCS (not the newline-split "rougeLsum").
 
     Returns:
         {"rouge1": float, "rouge2": float, "rougeL": float}, each the mean F1 over pairs times 100.

@@ -116,7 +116,13 @@ def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[Obje
                 )
             n = min(sentences, len(src))
             refs = [tgt[i].tolist() for i in range(n)]
-            sets.append((obj, [src[i].tolist() for i in range(n)], refs, [tokenizer.decode(r) for r in refs]))
+            # The original references where prepare kept them, as `mass evaluate` scores: decoding subwords
+            # normalises characters (NFKC) and spells uncovered ones as ⁇.
+            if data.has_text(split, obj.tgt_side):
+                texts = read_source_lines(data.text(split, obj.tgt_side))[:n]
+            else:
+                texts = [tokenizer.decode(r) for r in refs]
+            sets.append((obj, [src[i].tolist() for i in range(n)], refs, texts))
     if not sets:
         return None
 

@@ -289,6 +289,9 @@ class DataDir:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer(self.tokenizer_path)
 
+    def has_text(self, split: str, lang: str) -> bool:
+        return (self.path / "text" / f"{split}.{lang}").is_file()
+
     def text(self, split: str, lang: str) -> Path:
         """The original text of a held-out split (see `TEXT_SPLITS`), as `mass evaluate` scores it."""
         path = self.path / "text" / f"{split}.{lang}"
