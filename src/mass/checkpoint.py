@@ -25,6 +25,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mass.data.binarize import umask
 from mass.errors import MassError
 
 
@@ -35,7 +36,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise MassError("is a directory: give a file name", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
+    os.chmod(tmp, 0o666 & ~umask())  # as open() would create it, not mkstemp's 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -45,12 +46,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -69,7 +64,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         yield tmp
         # Readable by others as mkdir/open would make them, not mkdtemp's (or safetensors') owner-only modes.
         for path in [tmp, *tmp.rglob("*")]:
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

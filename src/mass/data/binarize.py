@@ -88,11 +88,11 @@ def _temp_path(out_prefix: Path, suffix: str) -> Path:
     """A fresh file next to the output, so that os.replace stays on one file system."""
     fd, name = tempfile.mkstemp(dir=out_prefix.parent, prefix=f".{out_prefix.name}{suffix}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(name, 0o666 & ~_umask())  # as a plain open() would create it, not mkstemp's 0600
+    os.chmod(name, 0o666 & ~umask())  # as a plain open() would create it, not mkstemp's 0600
     return Path(name)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -294,14 +294,13 @@ class DataDir:
 
     def text(self, split: str, lang: str) -> Path:
         """The original text of a held-out split (see `TEXT_SPLITS`), as `mass evaluate` scores it."""
-        path = self.path / "text" / f"{split}.{lang}"
-        if not path.is_file():
+        if not self.has_text(split, lang):
             raise MassError(
                 f"no text kept for split '{split}' language '{lang}' (prepare keeps it for "
                 f"{' and '.join(TEXT_SPLITS)}): give --input and --reference",
                 path=self.path,
             )
-        return path
+        return self.path / "text" / f"{split}.{lang}"
 
 
 def prepare_dir(
@@ -338,7 +337,7 @@ def prepare_dir(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-        os.chmod(tmp_dir, 0o777 & ~_umask())  # mkdtemp's 0700 would hide shared data from other users
+        os.chmod(tmp_dir, 0o777 & ~umask())  # mkdtemp's 0700 would hide shared data from other users
     except OSError as exc:
         raise MassError(f"cannot create the output directory ({exc.strerror or exc})", path=out_dir) from None
     try:
