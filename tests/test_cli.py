@@ -386,8 +386,9 @@ def test_generate_output_that_is_a_directory(finetuned, tmp_path, capsys):
 def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     src = write_lines(tmp_path / "in.fr", ["le chat dort", "le chat " * 400])
     ref = write_lines(tmp_path / "ref.en", ["the cat sleeps", "the cat"])
-    assert main(["evaluate", str(finetuned), "--limit", "-1"]) == 1
-    assert "--limit must be >= 0" in one_line_error(capsys, "evaluate")
+    with pytest.raises(SystemExit):  # argparse: usage and the error
+        main(["evaluate", str(finetuned), "--limit", "-1"])
+    assert "argument --limit: expected a whole number >= 0, not '-1'" in capsys.readouterr().err
     assert main(["evaluate", str(finetuned), "--reference", str(ref)]) == 1
     assert "--reference goes with --input" in one_line_error(capsys, "evaluate")
     assert main(["evaluate", str(finetuned), "--task", "mass", "--input", str(src)]) == 1
@@ -615,6 +616,12 @@ def test_unsup_on_own_monolingual_files(tmp_path, capsys):
         )
         assert main(["unsup", *tiny_overrides(data, run, "data.train_split=train", "data.langs=[en,de]")]) == 1
         assert "no train.de data (the data has en, fr)" in one_line_error(capsys, "unsup")
+        assert main(["unsup", *tiny_overrides(data, run, "data.train_split=train", "data.langs=[en]")]) == 1
+        assert "unsupervised MT needs two languages, not data.langs=['en']" in one_line_error(capsys, "unsup")
+        bt_only = "objectives=[{name: bt, src: en, tgt: fr}]"
+        with_objectives = tiny_overrides(data, run, "data.train_split=train", bt_only)
+        assert main(["unsup", "--no-mass", *with_objectives]) == 1
+        assert "--no-mass changes the default schedule" in one_line_error(capsys, "unsup")
         assert main(["unsup", *tiny_overrides(data, run, "train.max_steps=2", "data.train_split=train")]) == 0
         # The same non-parallel text taken for a supervised pair: one line naming both sides, no traceback.
         capsys.readouterr()
@@ -649,3 +656,17 @@ def test_evaluate_mass_perplexity_of_every_language_equals_validation(run_dir, c
     assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--src", "fr"]) == 0
     single = capsys.readouterr().out
     assert single.startswith("mass_ppl: ") and single.count("mass_ppl") == 1  # one language, asked for
+
+
+def test_demo_refuses_bad_budgets_and_a_run_dir_started_with_other_settings(tmp_path, capsys):
+    run = tmp_path / "demo"
+    for bad in (["--minutes", "0"], ["--minutes", "-1"], ["--pairs", "0"], ["--test-sentences", "0"]):
+        assert main(["demo", "--run-dir", str(run), *bad]) == 1
+        assert "need --minutes > 0, --pairs >= 1, --test-sentences >= 1" in one_line_error(capsys, "demo")
+    assert not run.exists()
+    # A demo records its budget and size: a longer one must not reuse the short one's finished stages.
+    run.mkdir()
+    (run / "demo.json").write_text(json.dumps({"minutes": 15.0, "pairs": 10000}))
+    assert main(["demo", "--run-dir", str(run), "--minutes", "120"]) == 1
+    assert "started with --minutes 15, --pairs 10000: give another --run-dir" in one_line_error(capsys, "demo")
+    assert sorted(p.name for p in run.iterdir()) == ["demo.json"]

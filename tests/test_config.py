@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,32 @@ def test_objectives_from_yaml(tmp_path):
     path = write(tmp_path / "bad.yaml", "objectives:\n  - {name: mass, language: en}\n")
     with pytest.raises(MassError, match=r"objectives\[0\]\.language"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("objectives", "message"),
+    [
+        ("[{name: bt, lang: en}]", "a bt objective takes src and tgt, not lang"),
+        ("[{name: translate, src: fr}]", "a translate objective takes src and tgt"),
+        ("[{name: dae, src: en, tgt: fr}]", "a dae objective takes lang"),
+        ("[{name: mass, lang: en, src: fr}]", "a mass objective takes lang"),
+        ("[{name: mass}]", "a mass objective takes lang"),
+        ("[{name: bt, src: en, tgt: en}]", "src and tgt must differ"),
+        ("[{name: mass, lang: en, weight: -1}]", "need weight > 0"),
+        ("[{name: mass, lang: en, every: 0}]", "every >= 1"),
+        ("[{name: mlm, lang: en}]", "unknown objective 'mlm' (known: mass, dae, translate, bt)"),
+        # No objective at update 1: it would log a loss of 0 and move the learning rate for nothing.
+        ("[{name: mass, lang: en, every: 2}, {name: mass, lang: fr, every: 3}]", "some objective needs every: 1"),
+    ],
+)
+def test_inconsistent_objectives_are_config_errors(objectives, message):
+    with pytest.raises(MassError, match=re.escape(message)):
+        load_config(None, [f"objectives={objectives}"])
+
+
+def test_summarization_objective_is_a_translate_between_data_sides():
+    cfg = load_config(None, ["objectives=[{name: translate, src: en, tgt: en, src_data: src, tgt_data: tgt}]"])
+    assert (cfg.objectives[0].src_side, cfg.objectives[0].tgt_side) == ("src", "tgt")
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):

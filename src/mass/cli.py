@@ -22,6 +22,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="model size preset: tiny, small, base, paper (same as model.preset=...)")
 
 
+def _count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {text!r}")
+    return int(text)
+
+
 def _split_config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """The optional YAML path may be omitted: then the first 'positional' is an override."""
     overrides = list(args.overrides)
@@ -136,7 +143,11 @@ def cmd_unsup(args: argparse.Namespace) -> None:
     if args.init_from:
         defaults += init_overrides(args.init_from)
     cfg = load_config(config, defaults + overrides)
-    first, second = cfg.data.langs[:2]
+    if len(cfg.data.langs) != 2:
+        raise MassError(f"unsupervised MT needs two languages, not data.langs={cfg.data.langs}")
+    first, second = cfg.data.langs
+    if args.no_mass and cfg.objectives:
+        raise MassError("--no-mass changes the default schedule: leave out the mass objectives of yours instead")
     if not cfg.objectives:
         mass_steps = [] if args.no_mass else [ObjectiveConfig(name="mass", lang=lang) for lang in (first, second)]
         bt_steps = [
@@ -282,8 +293,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
 
-    if args.limit < 0:
-        raise MassError(f"--limit must be >= 0 (0 = all), not {args.limit}")
     if args.output and Path(args.output).is_dir():
         raise MassError("is a directory: give a file name", args.output)
     if args.reference and not args.input:
@@ -349,7 +358,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from mass.demo import run_demo
 
-    print(run_demo(Path(args.run_dir), args.minutes, args.pairs, args.test_sentences))
+    run_dir = Path(args.run_dir or f"runs/demo-{args.minutes:g}min")
+    print(run_demo(run_dir, args.minutes, args.pairs, args.test_sentences))
 
 
 SRC_HELP = "source language (default: the fine-tuned direction, else fr; en for summarization and dialogue)"
@@ -423,14 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="mt", help="mt, summarization or dialogue")
     p.add_argument("--src", help="source language (default: fr; en for summarization and dialogue)")
     p.add_argument("--tgt", help="target language (default: en; for summarization and dialogue: --src)")
-    p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per evaluation")
+    p.add_argument(
+        "--eval-sentences", type=_count, default=200, help="validation sentences decoded per evaluation (0: none)"
+    )
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("unsup", help="unsupervised MT: MASS steps and on-the-fly back-translation")
     _add_config_args(p)
     p.add_argument("--from", dest="init_from", help="a MASS pre-trained checkpoint or run directory to start from")
     p.add_argument("--no-mass", action="store_true", help="back-translation steps only (the baseline)")
-    p.add_argument("--eval-sentences", type=int, default=200, help="validation sentences decoded per direction")
+    p.add_argument(
+        "--eval-sentences", type=_count, default=200, help="validation sentences decoded per direction (0: none)"
+    )
     p.set_defaults(func=cmd_unsup)
 
     p = sub.add_parser("experiment", help="run (or resume) a study from a YAML file: table + plot")
@@ -455,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
     p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")
-    p.add_argument("--run-dir", default="runs/demo", help="where everything goes")
+    p.add_argument("--run-dir", help="where everything goes (default: runs/demo-MINUTESmin)")
     p.add_argument("--pairs", type=int, default=10_000, help="fine-tuning pairs (low-resource setting)")
     p.add_argument("--test-sentences", type=int, default=400, help="test verses translated and scored")
     p.set_defaults(func=cmd_demo)
@@ -487,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", help="source file instead of the held-out split")
     p.add_argument("--reference", help="reference file (with --input)")
-    p.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
+    p.add_argument("--limit", type=_count, default=0, help="score only the first N examples (0 = all)")
     p.add_argument("--output", help="JSON result file (default: RUN_DIR/eval/...)")
     p.set_defaults(func=cmd_evaluate)
     return parser

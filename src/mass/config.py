@@ -122,6 +122,9 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
 
+OBJECTIVES = ("mass", "dae", "translate", "bt")
+
+
 @dataclass
 class ObjectiveConfig:
     """One entry of the objective schedule (the original's --mass_steps / --bt_steps).
@@ -143,6 +146,19 @@ class ObjectiveConfig:
     tgt_data: str = ""
     weight: float = 1.0
     every: int = 1  # run on every n-th update only: sets the proportions of the schedule
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.name!r} (known: {', '.join(OBJECTIVES)})")
+        if self.name in ("mass", "dae"):
+            if not self.lang or self.src or self.tgt or self.tgt_data:
+                raise ValueError(f"a {self.name} objective takes lang (and src_data), not src/tgt/tgt_data")
+        elif not self.src or not self.tgt or self.lang:
+            raise ValueError(f"a {self.name} objective takes src and tgt, not lang")
+        elif self.name == "bt" and (self.src == self.tgt or self.tgt_data):
+            raise ValueError("a bt objective goes through another language: src and tgt must differ, no tgt_data")
+        if not self.weight > 0 or self.every < 1:
+            raise ValueError(f"need weight > 0 and every >= 1, not weight {self.weight}, every {self.every}")
 
     @property
     def src_side(self) -> str:
@@ -197,6 +213,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerationConfig = field(default_factory=GenerationConfig)
     objectives: list[ObjectiveConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.objectives and all(obj.every > 1 for obj in self.objectives):
+            raise ValueError("some objective needs every: 1, else update 1 would train on nothing")
 
 
 def to_dict(cfg: Any) -> dict:

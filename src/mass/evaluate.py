@@ -31,7 +31,8 @@ from mass.objectives import evaluate_loss
 from mass.tasks import get_task, read_source_lines, score, text_perplexity
 
 
-def _shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tuple[list[str], list[str]]:
+def shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tuple[list[str], list[str]]:
+    """The line-aligned text of two sides of a split of a shipped corpus, as its builder wrote it."""
     with tempfile.TemporaryDirectory() as tmp:
         text = export_corpus(corpus, Path(tmp))
         src_path, tgt_path = text / f"{split}.{src_side}", text / f"{split}.{tgt_side}"
@@ -108,7 +109,7 @@ def evaluate_checkpoint(
                 sources, refs = (read_source_lines(data.text(split, side)) for side in sides)
             else:
                 source_name = f"the {task.corpus} corpus's {split}.{sides[0]}"
-                sources, refs = _shipped_pairs(task.corpus, split, *sides)
+                sources, refs = shipped_pairs(task.corpus, split, *sides)
         if limit > 0:
             sources, refs = sources[:limit], refs[:limit]
         generator.check_lengths(generator.tokenizer.encode_batch(sources), source_name)

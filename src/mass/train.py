@@ -170,16 +170,12 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
             lengths = pair_lengths(src, tgt)
             name = f"{obj.src}-{obj.tgt}"
-        elif obj.name == "bt":
+        else:  # bt
             array = data.array(cfg.data.train_split, obj.src_side)
             collate = sentence_collate(array)
             lengths = array.lengths
             name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
             back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
-        else:
-            raise MassError(f"unknown objective {obj.name!r} (known: mass, dae, translate, bt)")
-        if obj.every < 1:
-            raise MassError(f"objective {name}: every must be >= 1")
         examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
         stream = BatchStream(lengths, examples, cfg.data.max_tokens, seed, collate, info.rank, info.world_size)
         out.append(Objective(name, obj.weight, obj.every, stream, back if obj.name == "bt" else None))
