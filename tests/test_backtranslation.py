@@ -15,7 +15,7 @@ from helpers import read_log, synthetic_pairs, tiny_config, write_lines
 
 from mass.batch import seq2seq_batch
 from mass.data.binarize import prepare_dir
-from mass.data.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, train_tokenizer
+from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, NUM_SPECIAL, PAD_ID, train_tokenizer
 from mass.model import MassModel, tiny
 from mass.objectives import back_translate, seq2seq_loss
 from mass.train import Objective, train
@@ -55,7 +55,8 @@ def sentences_of(lengths: list[int], seed: int = 0) -> list[list[int]]:
 @torch.no_grad()
 def reference_translation(model: MassModel, sentence: list[int], lang: int, via_lang: int) -> list[int]:
     """Greedy translation of one sentence by full forward passes (no cache, no search code), in eval mode:
-    EOS is not allowed first (at least one token) and at most int(1.3 * len + 5) tokens are generated."""
+    EOS is not allowed first (at least one token), PAD/BOS/MASK never, and at most int(1.3 * len + 5) tokens are
+    generated."""
     was_training = model.training
     model.eval()
     src = torch.tensor([sentence + [EOS_ID]])
@@ -64,6 +65,7 @@ def reference_translation(model: MassModel, sentence: list[int], lang: int, via_
         dec = torch.tensor([[BOS_ID] + out])
         logits = model(src, torch.tensor([lang]), dec, torch.arange(dec.size(1))[None], torch.tensor([via_lang]))
         scores = logits[0, -1]
+        scores[list(NEVER_GENERATED)] = -math.inf
         if not out:
             scores[EOS_ID] = -math.inf
         token = int(scores.argmax())

@@ -16,7 +16,7 @@ from mass.batch import pad_sequences, seq2seq_batch
 from mass.cli import main
 from mass.config import GenerationConfig
 from mass.data.corpus import export_corpus
-from mass.data.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, train_tokenizer
+from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, NUM_SPECIAL, PAD_ID, train_tokenizer
 from mass.errors import MassError
 from mass.export import export_hf, hf_tokenizer, to_bart
 from mass.inference import Generator, load_generator
@@ -81,13 +81,20 @@ def test_bart_greedy_generate_equals_ours():
     model = peaked_model(encoder_lang_embed=True)
     with torch.no_grad():
         model.output_bias[EOS_ID] = 7.0  # some outputs end on EOS (after min_len), others at the length limit
+        model.output_bias[PAD_ID] = 3.0  # would win somewhere, were it not suppressed on both sides
     seqs, max_len, min_len = sources(), 12, 2  # transformers' max_new_tokens counts EOS: 13
     cfg = GenerationConfig(beam=1, max_len_a=0, max_len_b=max_len, min_len=min_len)
     ours = Generator(model, None, ["en", "fr"]).generate(seqs, "en", "fr", cfg)
     src = pad_sequences([s + [EOS_ID] for s in seqs])
     bart = to_bart(model, 0, 1)
     out = bart.generate(
-        src, attention_mask=src != PAD_ID, num_beams=1, do_sample=False, min_new_tokens=min_len, max_new_tokens=13
+        src,
+        attention_mask=src != PAD_ID,
+        num_beams=1,
+        do_sample=False,
+        min_new_tokens=min_len,
+        max_new_tokens=13,
+        suppress_tokens=list(NEVER_GENERATED),
     )
     theirs = []
     for row in out[:, 1:].tolist():  # after the start token; up to EOS, at most max_len tokens (ours' limit)
@@ -144,6 +151,7 @@ def test_mass_export_writes_what_from_pretrained_loads(run, tmp_path, capsys):
     bart = transformers.AutoModelForSeq2SeqLM.from_pretrained(out).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
     assert bart.generation_config.num_beams == 5 and bart.generation_config.decoder_start_token_id == BOS_ID
+    assert bart.generation_config.suppress_tokens == list(NEVER_GENERATED)  # as ours
     assert (bart.config.mass_src, bart.config.mass_tgt) == ("fr", "en")
     assert Path(bart.config.mass_checkpoint).parent == run / "checkpoints"
     assert "language: [fr, en]" in (out / "README.md").read_text()  # the model card

@@ -11,7 +11,7 @@ import torch
 
 from mass.batch import pad_sequences, seq2seq_batch
 from mass.config import GenerationConfig
-from mass.data.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID
+from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, NUM_SPECIAL, PAD_ID
 from mass.errors import MassError
 from mass.generate import beam_search, greedy_search
 from mass.inference import Generator, make_decode_step
@@ -55,7 +55,9 @@ def uncached_decode_step(model: MassModel, memory, memory_mask, tgt_lang):
         prefix = state["prefix"]
         positions = torch.arange(prefix.size(1)).expand_as(prefix)
         hidden = model.decode(prefix, positions, state["lang"], state["memory"], state["mask"])
-        return torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
+        logp = torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
+        logp[:, list(NEVER_GENERATED)] = float("-inf")  # as the cached step
+        return logp
 
     return decode_step
 
@@ -229,6 +231,23 @@ def test_generate_of_an_empty_list_and_of_an_empty_sentence(reverser):
     assert generate_ids(generator, [], "en", "fr", GenerationConfig(beam=1)) == []
     (out,) = generate_ids(generator, [[]], "en", "fr", GenerationConfig(beam=2, max_len_a=1.0, max_len_b=3))
     assert len(out[0]) <= 3
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [GenerationConfig(beam=1), GenerationConfig(beam=4, nbest=4), GenerationConfig(sampling=True, nbest=3)],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_special_symbols_are_never_generated(cfg):
+    """PAD, BOS and MASK are never targets; a model that still ranks them first (random weights, as when
+    back-translation starts from scratch) must not emit them: a generated PAD would be read as padding."""
+    model = build(std=0.3)
+    with torch.no_grad():
+        model.output_bias[list(NEVER_GENERATED)] = 50.0  # far above every other token
+    sources = [[NUM_SPECIAL + i for i in range(n)] for n in (3, 7, 12)]
+    out = generate_ids(Generator(model, tokenizer=None, langs=LANGS), sources, "en", "fr", cfg)
+    tokens = [t for nbest in out for hyp in nbest for t in hyp]
+    assert tokens and not set(tokens) & set(NEVER_GENERATED)
 
 
 # --- Generator bookkeeping -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mass.checkpoint import atomic_dir
-from mass.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
+from mass.data.tokenizer import BOS_ID, EOS_ID, MASK_ID, NEVER_GENERATED, PAD_ID, UNK_ID
 from mass.errors import MassError
 from mass.model import MassModel, ModelConfig, count_parameters
 
@@ -156,6 +156,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str =
         no_repeat_ngram_size=gen.no_repeat_ngram,
         early_stopping=True,
         max_length=generator.model.cfg.max_positions,
+        suppress_tokens=list(NEVER_GENERATED),  # as ours
         **fixed,
     )
     tokenizer = hf_tokenizer(generator.tokenizer.path)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from mass.batch import pad_sequences
 from mass.checkpoint import load_weights, read_checkpoint_config, resolve_checkpoint
 from mass.config import GenerationConfig, from_dict
-from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, PAD_ID, Tokenizer
 from mass.distributed import pick_device
 from mass.errors import MassError
 from mass.generate import DecodeStep, Hypothesis, Sampling, beam_search, greedy_search
@@ -50,7 +50,9 @@ def make_decode_step(
         state["memory"] = None  # its keys and values are cached in every layer now
         state["rows"] = torch.arange(len(tokens), device=tokens.device)
         state["step"] += 1
-        return torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
+        logp = torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
+        logp[:, NEVER_GENERATED] = float("-inf")
+        return logp
 
     return decode_step
 

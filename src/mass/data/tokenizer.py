@@ -23,6 +23,9 @@ BOS_ID = 2
 EOS_ID = 3
 MASK_ID = 4
 NUM_SPECIAL = 5
+# Never a training target, so never generated: an untrained model (back-translation from random weights)
+# could otherwise emit PAD, which the encoder would then take for padding.
+NEVER_GENERATED = (PAD_ID, BOS_ID, MASK_ID)
 
 MASK_PIECE = "<mask>"
 # Ids that never carry text; UNK is kept by decode so that lost characters stay visible as " ⁇ ".
