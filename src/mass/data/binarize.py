@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mass.data.formats import check_replaceable
 from mass.data.tokenizer import Tokenizer
 from mass.errors import MassError
 
@@ -377,8 +378,7 @@ def check_output(out_dir: Path, inputs: dict[str, dict[str, Path]], overwrite: b
         for path in langs.values():
             if out_dir.resolve() in Path(path).resolve().parents:
                 raise MassError("is inside the output directory, which would be replaced", path=path)
-    if out_dir.exists() and not (out_dir / META_FILE).is_file() and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise MassError("exists and is not a prepared data directory: not replacing it", path=out_dir)
+    check_replaceable(out_dir, "a prepared data directory")
 
 
 def _check_inputs(inputs: dict[str, dict[str, Path]]) -> None:

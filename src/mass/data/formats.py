@@ -231,6 +231,13 @@ def write_pairs(
     return n
 
 
+def check_replaceable(out_dir: Path, what: str) -> None:
+    """Refuse an output directory that holds something other than one of ours (a `meta.json` marks corpus and
+    prepared data directories alike): replacing it would delete someone's files."""
+    if out_dir.exists() and not (out_dir / "meta.json").is_file() and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise MassError(f"exists and is not {what}: not replacing it", out_dir)
+
+
 def write_corpus_dir(
     out_dir: Path, texts: Mapping[str, list[str]], meta: Mapping, readme: str, compress: bool = False
 ) -> None:
@@ -241,8 +248,7 @@ def write_corpus_dir(
     text files are written xz-compressed (``train.src.xz``), as shipped inside the package.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    if out_dir.exists() and not (out_dir / "meta.json").is_file() and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise MassError("exists and is not a corpus directory: not replacing it", out_dir)
+    check_replaceable(out_dir, "a corpus directory")
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
