@@ -71,6 +71,9 @@ def test_crlf_and_missing_final_newline(tok, tmp_path):
     assert binarize(path, tok, tmp_path / "w") == 2
     arr = TokenArray(tmp_path / "w")
     assert [tok.decode(arr[i]) for i in range(2)] == ["Le café.", "The dog!"]
+    path.write_bytes("\ufeffLe café.\nThe dog!\n".encode())  # a byte-order mark is not part of the text
+    binarize(path, tok, tmp_path / "bom")
+    assert TokenArray(tmp_path / "bom")[0].tolist() == arr[0].tolist()
 
 
 def test_pickle_reopens_instead_of_copying(tok, tmp_path):

@@ -14,7 +14,7 @@ import torch
 from helpers import fast_training, read_log, synthetic_pairs, tiny_overrides, write_corpus, write_lines
 from safetensors.torch import load_file, save_file
 
-from mass.checkpoint import latest_checkpoint
+from mass.checkpoint import latest_checkpoint, read_checkpoint_config
 from mass.cli import main
 
 
@@ -381,6 +381,42 @@ def test_generate_output_that_is_a_directory(finetuned, tmp_path, capsys):
     src = write_lines(tmp_path / "in.fr", ["le chat dort"])
     assert main(["generate", str(finetuned), "--input", str(src), "--output", str(tmp_path)]) == 1
     assert "is a directory" in one_line_error(capsys, "generate")
+
+
+def test_generate_input_file_problems(finetuned, tmp_path, capsys, monkeypatch):
+    """A byte-order mark is not text; a directory or an unreadable file is a one-line error, not a traceback."""
+    src = write_lines(tmp_path / "in.fr", ["le chat dort"])
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en"]
+    assert main([*argv, "--input", str(src)]) == 0
+    plain = capsys.readouterr().out
+    src.write_bytes("\ufeffle chat dort\n".encode())
+    assert main([*argv, "--input", str(src)]) == 0
+    assert capsys.readouterr().out == plain
+    assert main([*argv, "--input", str(tmp_path)]) == 1
+    assert f"{tmp_path}: is a directory, not a file" in one_line_error(capsys, "generate")
+
+    def unreadable(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    assert main([*argv, "--input", str(src)]) == 1
+    assert one_line_error(capsys, "generate") == f"mass generate: error: {src}: Permission denied\n"
+
+
+def test_evaluate_mass_refuses_data_prepared_again_with_another_tokenizer(run_dir, corpus, tmp_path, capsys):
+    """The run's data directory re-prepared with another vocabulary would give wrong ids to the model."""
+    other = tmp_path / "data"
+    argv = ["prepare", "--langs", "en,fr", "--train", corpus["train"], "--valid", corpus["valid"]]
+    assert main([*argv, "--out", str(other), "--vocab-size", "200"]) == 0
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(latest_checkpoint(run_dir), ckpt)
+    config = (ckpt / "config.yaml").read_text(encoding="utf-8")
+    (ckpt / "config.yaml").write_text(config.replace(f"dir: {read_checkpoint_config(ckpt)['data']['dir']}",
+                                                     f"dir: {other}"), encoding="utf-8")
+    assert read_checkpoint_config(ckpt)["data"]["dir"] == str(other)
+    capsys.readouterr()
+    assert main(["evaluate", str(ckpt), "--task", "mass", "--split", "valid", "--src", "en"]) == 1
+    assert "prepared again with another tokenizer" in one_line_error(capsys, "evaluate")
 
 
 def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):

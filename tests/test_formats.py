@@ -47,6 +47,13 @@ def test_read_line_pairs_empty_line_and_bad_utf8(tmp_path: Path) -> None:
     assert err.value.line == 2 and err.value.path == str(bad) and "UTF-8" in str(err.value)
 
 
+def test_read_line_pairs_drops_a_byte_order_mark(tmp_path: Path) -> None:
+    src = tmp_path / "a.txt"
+    src.write_bytes("\ufeffune phrase\n".encode())  # as Notepad saves UTF-8
+    tgt = _write(tmp_path / "t.txt", "a sentence\n")
+    assert list(read_line_pairs(src, tgt)) == [("une phrase", "a sentence")]
+
+
 def _cornell(tmp_path: Path, conv_extra: str = "") -> tuple[Path, Path]:
     lines = "\n".join([
         f"L1045{SEP}u0{SEP}m0{SEP}BIANCA{SEP}They do not!",
@@ -85,6 +92,18 @@ def test_read_cornell_malformed_line(tmp_path: Path) -> None:
     with pytest.raises(MassError) as err:
         list(read_cornell(lines, conv))
     assert err.value.path == str(lines) and err.value.line == 2
+
+
+def test_read_cornell_carriage_return_inside_a_line(tmp_path: Path) -> None:
+    # Lines end at "\n" only: a stray "\r" inside an utterance neither splits it nor shifts later line numbers.
+    lines = _write(tmp_path / "movie_lines.txt",
+                   f"L1{SEP}u0{SEP}m0{SEP}A{SEP}hi\rthere\r\nL2{SEP}u2{SEP}m0{SEP}B{SEP}yes\r\nL3 broken\n")
+    conv = _write(tmp_path / "movie_conversations.txt", f"u0{SEP}u2{SEP}m0{SEP}['L1', 'L2']\n")
+    with pytest.raises(MassError) as err:
+        list(read_cornell(lines, conv))
+    assert err.value.line == 3
+    lines.write_bytes(lines.read_bytes().replace(b"L3 broken\n", b""))
+    assert list(read_cornell(lines, conv)) == [("hi there", "yes")]
 
 
 def test_write_pairs_roundtrip_and_atomic(tmp_path: Path) -> None:

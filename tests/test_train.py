@@ -423,6 +423,12 @@ def test_bad_objectives_are_errors(data_dir, tmp_path, objectives, match):
     assert not (tmp_path / "run").exists()
 
 
+def test_length_limits_that_keep_no_sentence_are_an_error(data_dir, tmp_path):
+    with pytest.raises(MassError, match="objective mass_en has no training sentences of 900 to 1000 tokens"):
+        train(tiny_config(data_dir, tmp_path / "run", "data.min_len=900", "data.max_len=1000"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_checkpoint_contents(trained, data_dir):
     root = trained / "checkpoints"
     evals = [r for r in read_log(trained) if "valid_ppl" in r]

@@ -79,7 +79,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         for lang in langs:
             path = Path(f"{prefix}.{lang}")
             if not path.is_file():
-                raise MassError("input file not found", path)
+                raise MassError("is a directory, not a file" if path.is_dir() else "input file not found", path)
             inputs.setdefault(split, {})[lang] = path
     if "train" not in inputs:
         raise MassError("--train PREFIX is required")
@@ -468,7 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="pre-train, fine-tune fr->en with and without MASS, compare on test books")
-    p.add_argument("--minutes", type=float, default=15.0, help="time budget of the whole demo")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=15.0,
+        help="budget: 45%% of it pre-training, 20%% each fine-tuning; data preparation and evaluation take a few "
+        "minutes more",
+    )
     p.add_argument("--run-dir", help="where everything goes (default: runs/demo-MINUTESmin)")
     p.add_argument("--pairs", type=int, default=10_000, help="fine-tuning pairs (low-resource setting)")
     p.add_argument("--test-sentences", type=int, default=400, help="test verses translated and scored")
@@ -520,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except MassError as e:
         print(f"mass {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # An unreadable input, a full disk, a read-only run directory: the user's to fix, so one line, not a
+        # traceback. Writes are atomic, so nothing already written is damaged.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mass {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"mass {args.command}: interrupted (rerun the same command to resume)", file=sys.stderr)

@@ -52,6 +52,12 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int =
         if cfg.data.dir
         else load_data_dir(prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
     )
+    if data.tokenizer_path.read_bytes() != (ckpt / "spm.model").read_bytes():
+        raise MassError(
+            f"the run's data directory {data.path} was prepared again with another tokenizer since this "
+            f"checkpoint was trained: prepare it with `mass prepare --tokenizer {ckpt / 'spm.model'}`",
+            ckpt,
+        )
     array = data.array(split, lang)
     max_len = min(cfg.data.max_len, cfg.model.max_positions - 2)  # the sentences training validates on
     examples = kept_examples(array.lengths, 1, max_len, limit=limit)

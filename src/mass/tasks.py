@@ -154,11 +154,13 @@ def read_source_lines(path: Path | None, max_chars: int = 10_000, allow_empty: b
     Lines end at "\n" only (a stray "\r" inside a line must not split it, or outputs would stop lining up
     with inputs); `allow_empty` keeps blank lines as "" instead of refusing them.
     """
+    import codecs
     import sys
 
     if path is not None and not Path(path).is_file():
-        raise MassError("input file not found", path)
+        raise MassError("is a directory, not a file" if Path(path).is_dir() else "input file not found", path)
     data = Path(path).read_bytes() if path is not None else sys.stdin.buffer.read()
+    data = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows start files with one; it is not text
     raw = data.split(b"\n")
     if raw and not raw[-1]:
         raw.pop()  # the final newline ends the last line, it does not start another

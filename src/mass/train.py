@@ -177,6 +177,12 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
             back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
         examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
+        if len(examples) == 0:
+            raise MassError(
+                f"objective {name} has no training sentences of {cfg.data.min_len} to {cfg.data.max_len} tokens "
+                f"in split {cfg.data.train_split!r} (data.min_len / data.max_len)",
+                data.path,
+            )
         stream = BatchStream(lengths, examples, cfg.data.max_tokens, seed, collate, info.rank, info.world_size)
         out.append(Objective(name, obj.weight, obj.every, stream, back if obj.name == "bt" else None))
     return out

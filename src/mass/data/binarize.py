@@ -119,6 +119,8 @@ def _decode_line(raw: bytes, max_line_chars: int, path: Path, lineno: int) -> st
     except UnicodeDecodeError as exc:
         raise MassError(f"invalid UTF-8 ({exc.reason} at byte {exc.start})", path, lineno) from exc
     line = line.rstrip("\n").rstrip("\r")
+    if lineno == 1:
+        line = line.removeprefix("\ufeff")  # a byte-order mark is not text (read_source_lines drops it too)
     if len(line) > max_line_chars:
         raise MassError(f"line has {len(line)} characters, more than max_line_chars={max_line_chars}", path, lineno)
     if not line.strip():

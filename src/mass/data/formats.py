@@ -46,6 +46,8 @@ def _decode(raw: bytes, path: Path, lineno: int) -> str:
     except UnicodeDecodeError as exc:
         raise MassError(f"invalid UTF-8 at byte {exc.start} of the line", path=path, line=lineno) from exc
     text = text.rstrip("\r\n").strip()
+    if lineno == 1:
+        text = text.removeprefix("\ufeff").strip()  # a byte-order mark is not text
     if not text:
         raise MassError("empty line (every line must hold one example)", path=path, line=lineno)
     return text
@@ -106,7 +108,7 @@ def _cornell_pairs(movie_lines: Path, movie_conversations: Path) -> Iterator[tup
         if not path.is_file():
             raise MassError("file not found", path=path)
     utterances: dict[str, str] = {}
-    with open(movie_lines, encoding=CORNELL_ENCODING, newline="") as fh:
+    with open(movie_lines, encoding=CORNELL_ENCODING, newline="\n") as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -121,7 +123,7 @@ def _cornell_pairs(movie_lines: Path, movie_conversations: Path) -> Iterator[tup
                 )
             # Utterances that are empty in the release end with "+++$+++" and nothing after it.
             utterances[fields[0].strip()] = _clean_utterance(fields[4]) if len(fields) == 5 else ""
-    with open(movie_conversations, encoding=CORNELL_ENCODING, newline="") as fh:
+    with open(movie_conversations, encoding=CORNELL_ENCODING, newline="\n") as fh:
         for lineno, line in enumerate(fh, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():

@@ -61,7 +61,9 @@ class BatchStream:
             order = token_budget_batches(self.lengths[self.examples], self.max_tokens, seed=self.seed, epoch=self.epoch)
             self._batches = shard([self.examples[b] for b in order], self.rank, self.world_size)
             if not self._batches:
-                raise ValueError("too few batches to give every process one; lower data.max_tokens")
+                raise MassError(
+                    f"{len(order)} batches cannot give each of {self.world_size} processes one: lower data.max_tokens"
+                )
         return self._batches
 
     def __iter__(self):
