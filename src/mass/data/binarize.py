@@ -242,7 +242,8 @@ def _load_offsets(path: Path) -> np.ndarray:
     try:
         offsets = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise MassError(f"not a valid index file ({exc})", path=path) from exc
+        # numpy's own message for a non-.npy file suggests unpickling it: never, so do not repeat it
+        raise MassError("not a valid index file (not a NumPy .npy array): prepare the data again", path=path) from exc
     if offsets.ndim != 1 or offsets.dtype != np.int64 or len(offsets) < 1 or offsets[0] != 0:
         raise MassError("not a valid index file (expected int64 offsets starting at 0)", path=path)
     return offsets
