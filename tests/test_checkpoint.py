@@ -236,6 +236,15 @@ def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path):
     assert entries(tmp_path) == ["avg", "run", "spm.model"]  # no temporary left behind
 
 
+def test_average_across_a_resumption_that_changed_dropout(tmp_path):
+    # A run may resume with other dropout (README): its checkpoints still hold weights of one architecture.
+    run = tmp_path / "run"
+    a = _model_checkpoint(run, 100, 1, dropout=0.1)
+    b = _model_checkpoint(run, 200, 2, dropout=0.3, attention_dropout=0.0)
+    out = average_checkpoints([a, b], tmp_path / "avg")
+    assert read_checkpoint_config(out)["model"]["dropout"] == 0.3  # the config of the last, as for any average
+
+
 def test_average_of_one_checkpoint_with_itself_is_that_checkpoint(tmp_path):
     ckpt = _model_checkpoint(tmp_path / "run", 100, 1)
     out = average_checkpoints([ckpt, ckpt], tmp_path / "avg")

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_corpus
 
 from mass.checkpoint import latest_checkpoint, load_state
+from mass.data.binarize import prepare_dir
+from mass.data.tokenizer import train_tokenizer
 from mass.errors import MassError
 from mass.experiment import load_study, run_study
 
@@ -117,6 +120,16 @@ def test_bad_study_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(MassError, match="a study file must be a mapping"):
         load_study(bad)
+
+
+def test_a_pretraining_run_without_validation_data_is_a_clear_error(tmp_path):
+    prefixes = write_corpus(tmp_path, 200, 10)
+    tok = train_tokenizer([Path(prefixes["train"] + ".en")], tmp_path / "spm", 200)
+    data = prepare_dir(tmp_path / "data", tok.path, {"train": {"en": Path(prefixes["train"] + ".en")}})
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text("name: s\nruns:\n  - {name: pre, kind: pretrain, steps: 2}\n")
+    with pytest.raises(MassError, match="run pre has no validation to report: set evaluate: false"):
+        run_study(load_study(study_file), tmp_path / "study", [*TINY, f"data.dir={data}", "data.langs=[en]"])
 
 
 def test_resumed_run_reports_the_training_time_of_every_invocation(tmp_path):

@@ -201,11 +201,22 @@ def test_resuming_with_other_fixed_settings_is_refused(data_dir, tmp_path):
         "data.langs=[fr,en]": "data.langs",
         "objectives=[{name: dae, lang: en}]": "objectives",
         "model.encoder_lang_embed=false": "model.encoder_lang_embed",
+        # the data streams' saved positions index the batches these settings make
+        "data.first_n=20": "data.first_n",
+        "data.max_tokens=777": "data.max_tokens",
+        "data.max_len=20": "data.max_len",
+        "train.seed=5": "train.seed",
     }
     for override, key in changes.items():
         with pytest.raises(MassError, match=f"run was started with {key}=.*use another run_dir") as info:
             train(tiny_config(data_dir, run, "train.max_steps=4", override))
         assert "\n" not in str(info.value)
+    # Data prepared again with another tokenizer: the weights learned other ids.
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    (other / "spm.model").write_bytes((other / "spm.model").read_bytes() + b"\n")
+    with pytest.raises(MassError, match="is not the one this run was trained with.*mass prepare --tokenizer"):
+        train(tiny_config(other, run, "train.max_steps=4"))
     assert (run / "config.yaml").read_text() == config and latest_checkpoint(run).name == "step_00000002"
     # What only the loop reads may change: the number of steps, intervals, dropout.
     train(tiny_config(data_dir, run, "train.max_steps=3", "train.eval_interval=1", "model.dropout=0.2"))
@@ -424,9 +435,24 @@ def test_bad_objectives_are_errors(data_dir, tmp_path, objectives, match):
 
 
 def test_length_limits_that_keep_no_sentence_are_an_error(data_dir, tmp_path):
-    with pytest.raises(MassError, match="objective mass_en has no training sentences of 900 to 1000 tokens"):
+    with pytest.raises(MassError, match="objective mass_en has no training sentences of 900 to "):
         train(tiny_config(data_dir, tmp_path / "run", "data.min_len=900", "data.max_len=1000"))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_objective_listed_twice_is_refused(data_dir, tmp_path):
+    # Both would log under one name and share one saved data position, so a resumed run would diverge.
+    path = write_yaml(tmp_path / "dup.yaml", {"objectives": [{"name": "mass", "lang": "en"},
+                                                             {"name": "mass", "lang": "en", "every": 2}]})
+    with pytest.raises(MassError, match="two objectives are both mass_en"):
+        train(tiny_config(data_dir, tmp_path / "run", path=path))
+    assert not (tmp_path / "run").exists()
+
+
+def test_sentences_longer_than_the_models_positions_are_left_out(data_dir, tmp_path):
+    # data.max_len above what model.max_positions holds: training keeps what fits instead of crashing.
+    train(tiny_config(data_dir, tmp_path / "run", "train.max_steps=2", "model.max_positions=12", "data.max_len=100"))
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000002"
 
 
 def test_checkpoint_contents(trained, data_dir):

@@ -215,14 +215,19 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
     if (out.exists() and not earlier_average) or out.resolve() in {s.resolve() for s in sources}:
         raise MassError("exists and is not an earlier average: refusing to replace it; choose another --out", out)
     first = sources[0]
-    model_cfg = read_checkpoint_config(first).get("model")
+
+    def architecture(ckpt: Path) -> dict:  # dropout may change when a run resumes; the weights' shapes do not
+        saved = dict(read_checkpoint_config(ckpt).get("model") or {})
+        return {k: v for k, v in saved.items() if k not in ("dropout", "attention_dropout")}
+
+    model_cfg = architecture(first)
     tokenizer = (first / "spm.model").read_bytes() if (first / "spm.model").is_file() else None
     total: dict[str, torch.Tensor] = {}  # float64 sums
     dtypes: dict[str, torch.dtype] = {}
     for ckpt in sources:
         path = ckpt / "model.safetensors"
         weights = _read_weights(path)
-        if read_checkpoint_config(ckpt).get("model") != model_cfg:
+        if architecture(ckpt) != model_cfg:
             raise MassError(f"another model config than {first}: cannot average them", ckpt / "config.yaml")
         spm = ckpt / "spm.model"
         if (spm.read_bytes() if spm.is_file() else None) != tokenizer:

@@ -82,6 +82,10 @@ class OptimConfig:
             raise ValueError(f"betas must be two numbers in [0, 1), not {self.betas}")
         if self.accum_steps < 1:
             raise ValueError(f"accum_steps must be >= 1, not {self.accum_steps}")
+        if not (self.lr > 0 and self.eps > 0) or min(self.weight_decay, self.warmup_steps, self.clip_norm) < 0:
+            raise ValueError("need lr > 0, eps > 0 and weight_decay, warmup_steps, clip_norm >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
 
 
 @dataclass
@@ -120,6 +124,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if min(self.log_interval, self.eval_interval, self.save_interval, self.keep_checkpoints) < 1:
+            # keep_checkpoints 0 would delete the checkpoint just written: a run that cannot resume
+            raise ValueError("log_interval, eval_interval, save_interval and keep_checkpoints must be >= 1")
+        if min(self.max_steps, self.time_budget, self.patience, self.threads) < 0:
+            raise ValueError("max_steps, time_budget, patience and threads must be >= 0 (time_budget 0: no limit)")
 
 
 OBJECTIVES = ("mass", "dae", "translate", "bt")
@@ -282,7 +291,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
         base = PRESETS[preset]()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)  # keys YAML read as numbers too
     if unknown:
         raise MassError(f"unknown key {where}.{unknown[0]} (known: {', '.join(sorted(known))})")
     values = {name: _check_type(v, hints[name], f"{where}.{name}") for name, v in data.items()}

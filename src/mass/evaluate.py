@@ -29,6 +29,7 @@ from mass.inference import Generator, load_generator
 from mass.metrics import perplexity, retrieval_accuracy
 from mass.objectives import evaluate_loss
 from mass.tasks import get_task, read_source_lines, score, text_perplexity
+from mass.train import max_len
 
 
 def shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tuple[list[str], list[str]]:
@@ -59,8 +60,7 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int =
             ckpt,
         )
     array = data.array(split, lang)
-    max_len = min(cfg.data.max_len, cfg.model.max_positions - 2)  # the sentences training validates on
-    examples = kept_examples(array.lengths, 1, max_len, limit=limit)
+    examples = kept_examples(array.lengths, 1, max_len(cfg), limit=limit)  # the sentences training validates on
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
     batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)

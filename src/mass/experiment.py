@@ -159,7 +159,10 @@ def _evaluate_run(run: RunSpec, run_dir: Path, limit: int) -> dict[str, float]:
     from mass.evaluate import evaluate_checkpoint
 
     if run.kind == "pretrain":  # the trainer's last validation: MASS perplexity with its seeded masks
-        last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "valid_ppl" in r][-1]
+        evaluations = [r for r in read_metrics(run_dir / "metrics.jsonl") if "valid_ppl" in r]
+        if not evaluations:
+            raise MassError(f"pre-training run {run.name} has no validation to report: set evaluate: false", run_dir)
+        last = evaluations[-1]
         out = {"mass_ppl": last.get("valid_ppl_mass", last["valid_ppl"])}  # MASS alone beside DAE steps
         for key, value in last.items():  # per language: valid_ppl_mass_en -> mass_ppl_en, dae -> dae_ppl_en
             kind, _, lang = key.removeprefix("valid_ppl_").partition("_")

@@ -36,6 +36,16 @@ class ModelConfig:
     # their words (a language-agnostic encoder for unsupervised MT); the decoder always keeps its language.
     encoder_lang_embed: bool = True
 
+    def __post_init__(self) -> None:
+        sizes = (self.embed_dim, self.num_heads, self.ffn_dim, self.encoder_layers, self.decoder_layers)
+        if min(sizes) < 1 or self.embed_dim % self.num_heads or self.max_positions < 3:
+            raise ValueError(
+                "need num_heads, ffn_dim and layers >= 1, embed_dim a multiple of num_heads, max_positions >= 3 "
+                f"(not embed_dim {self.embed_dim}, num_heads {self.num_heads}, max_positions {self.max_positions})"
+            )
+        if min(self.vocab_size, self.num_langs) < 0 or not (0 <= self.dropout < 1 and 0 <= self.attention_dropout < 1):
+            raise ValueError("need vocab_size, num_langs >= 0 and dropout, attention_dropout in [0, 1)")
+
 
 # Size presets: small functions, as in torchtune. Parameter counts are for an 8K vocabulary.
 def tiny() -> ModelConfig:

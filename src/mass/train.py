@@ -176,16 +176,24 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             lengths = array.lengths
             name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
             back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
-        examples = kept_examples(lengths, cfg.data.min_len, cfg.data.max_len, cfg.data.first_n)
+        if name in {o.name for o in out}:  # its log keys and its saved data position would be another's
+            raise MassError(f"two objectives are both {name}: list it once (weight and every set its share)")
+        examples = kept_examples(lengths, cfg.data.min_len, max_len(cfg), cfg.data.first_n)
         if len(examples) == 0:
             raise MassError(
-                f"objective {name} has no training sentences of {cfg.data.min_len} to {cfg.data.max_len} tokens "
+                f"objective {name} has no training sentences of {cfg.data.min_len} to {max_len(cfg)} tokens "
                 f"in split {cfg.data.train_split!r} (data.min_len / data.max_len)",
                 data.path,
             )
         stream = BatchStream(lengths, examples, cfg.data.max_tokens, seed, collate, info.rank, info.world_size)
         out.append(Objective(name, obj.weight, obj.every, stream, back if obj.name == "bt" else None))
     return out
+
+
+def max_len(cfg: Config) -> int:
+    """The longest sentence (in subwords) trained and validated on: `data.max_len`, or shorter if the model's
+    positions end first (a sentence takes two more: the start symbol and </s>)."""
+    return min(cfg.data.max_len, cfg.model.max_positions - 2)
 
 
 def objective_name(obj: ObjectiveConfig) -> str:
@@ -217,12 +225,12 @@ def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
     for obj in objectives:
         if obj.name in ("mass", "dae") and data.has(split, obj.src_side) and objective_name(obj) not in out:
             name, collate, lengths = _monolingual(cfg, data, split, obj, lang_ids)
-            examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
+            examples = kept_examples(lengths, 1, max_len(cfg), limit=limit)
             out[name] = fixed_batches(lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
         elif obj.name in ("translate", "bt") and data.has(split, obj.src_side) and data.has(split, obj.tgt_side):
             src, tgt = data.array(split, obj.src_side), data.array(split, obj.tgt_side)
             lengths = pair_lengths(src, tgt)
-            examples = kept_examples(lengths, 1, cfg.data.max_len, limit=limit)
+            examples = kept_examples(lengths, 1, max_len(cfg), limit=limit)
             collate = pair_collate(src, tgt, lang_ids[obj.src], lang_ids[obj.tgt])
             out[f"{obj.src}-{obj.tgt}"] = fixed_batches(lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     return out
@@ -296,12 +304,21 @@ def _logged_step(line: str) -> float:
 # Settings fixed when a run starts. Resuming restores the optimizer and schedule (so a new learning rate
 # would silently not apply), the data streams of the objectives and the meaning of the language ids.
 _FIXED_AT_START = ("data.langs", "data.corpus", "data.train_split", "objectives", "model", "mask", "noise")
+_FIXED_AT_START += tuple(f"data.{k}" for k in ("first_n", "min_len", "max_len", "max_tokens")) + ("train.seed",)
 _FIXED_AT_START += tuple(f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps"))
 _FREE_MODEL_KEYS = ("model.dropout", "model.attention_dropout")
 
 
-def check_resume(saved: dict, cfg: Config, ckpt: Path) -> None:
-    """Refuse to resume a run with another value of a setting fixed at its start (one line naming it)."""
+def check_resume(saved: dict, cfg: Config, ckpt: Path, tokenizer: Path) -> None:
+    """Refuse to resume a run with another value of a setting fixed at its start, or on data prepared with
+    another tokenizer than the one its weights learned (one line naming it)."""
+    spm = ckpt / "spm.model"
+    if spm.is_file() and spm.read_bytes() != Path(tokenizer).read_bytes():
+        raise MassError(
+            f"the data's tokenizer {tokenizer} is not the one this run was trained with: resume on data "
+            f"prepared with `mass prepare --tokenizer {spm}`",
+            ckpt,
+        )
 
     def flat(node: object, prefix: str = "") -> dict[str, object]:
         if not isinstance(node, dict):
@@ -400,7 +417,7 @@ def train(
     step, best, bad_evals, spent = 0, None, 0, 0.0  # spent: training seconds of earlier invocations
     resume = latest_checkpoint(run_dir)
     if resume is not None:
-        check_resume(read_checkpoint_config(resume), cfg, resume)
+        check_resume(read_checkpoint_config(resume), cfg, resume, data.tokenizer_path)
         load_weights(model, resume)
         state = load_state(resume)
         optimizer.load_state_dict(state["optimizer"])
