@@ -293,17 +293,22 @@ def test_translate_prompt_and_python_api_agree_with_generate(finetuned, tmp_path
     write_lines(src, lines)
     assert main(["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src)]) == 0
     expected = capsys.readouterr().out.splitlines()
-    typed = iter([lines[0], "  ", lines[1]])  # a blank line is skipped, Ctrl-D (EOFError) ends the prompt
+    # A blank line is skipped, so is invalid UTF-8 (as surrogates under the C locale's surrogateescape, or as
+    # UnicodeDecodeError under a strict one), and Ctrl-D (EOFError) ends the prompt.
+    typed = iter([lines[0], "  ", "\udcff chat", "STRICT", lines[1]])
 
     def fake_input(prompt: str) -> str:
         line = next(typed, None)
         if line is None:
             raise EOFError
+        if line == "STRICT":
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
         return line
 
     monkeypatch.setattr("builtins.input", fake_input)
     assert main(["translate", str(finetuned), "--src", "fr", "--tgt", "en"]) == 0
-    assert capsys.readouterr().out.splitlines() == expected
+    out = capsys.readouterr()
+    assert out.out.splitlines() == expected and out.err.count("invalid UTF-8: line skipped") == 2
     assert load_generator(finetuned).translate(lines, "fr", "en") == expected  # the README's Python example
     with pytest.raises(TypeError, match="list of sentences"):  # not one translation per character
         load_generator(finetuned).translate(lines[0], "fr", "en")
@@ -355,6 +360,17 @@ def test_generate_keeps_outputs_aligned_with_inputs(finetuned, tmp_path, capsys)
     assert main([*argv, "--nbest", "1"]) == 0
     alone = capsys.readouterr().out.split("\n")[:-1]
     assert [alone[0], alone[3]] == [out[0], out[6]]
+
+
+def test_generate_prints_nbest_lines_even_when_fewer_finish(finetuned, tmp_path, capsys):
+    # max length int(0.1 * 2) = 0 for the short line: only one hypothesis can finish (the beams start as one).
+    src = tmp_path / "in.fr"
+    src.write_bytes(b"le chat\n" + b"la maison est grande et belle le chat dort ici\n")
+    argv = ["generate", str(finetuned), "--src", "fr", "--tgt", "en", "--input", str(src), "--scores"]
+    assert main([*argv, "--beam", "3", "--nbest", "3", "--max-len-a", "0.1", "--max-len-b", "0"]) == 0
+    out = capsys.readouterr().out.split("\n")[:-1]
+    assert len(out) == 6
+    assert out[1:3] == ["-inf\t", "-inf\t"] and all(float(line.split("\t")[0]) > -1e9 for line in out[3:])
 
 
 @pytest.mark.parametrize(

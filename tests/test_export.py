@@ -95,10 +95,11 @@ def test_bart_greedy_generate_equals_ours():
         min_new_tokens=min_len,
         max_new_tokens=13,
         suppress_tokens=list(NEVER_GENERATED),
+        forced_eos_token_id=EOS_ID,  # as the export sets: at the limit EOS comes, as in ours
     )
     theirs = []
-    for row in out[:, 1:].tolist():  # after the start token; up to EOS, at most max_len tokens (ours' limit)
-        theirs.append((row[: row.index(EOS_ID)] if EOS_ID in row else row)[:max_len])
+    for row in out[:, 1:].tolist():  # after the start token, up to EOS: every row has one
+        theirs.append(row[: row.index(EOS_ID)])
     assert [nbest[0].tokens for nbest in ours] == theirs
     assert {len(t) for t in theirs} == {min_len, max_len}  # both endings, the earliest at min_len
 
@@ -201,6 +202,7 @@ def test_export_takes_the_tasks_generation_defaults(run, tmp_path):
     mt, summ = (transformers.GenerationConfig.from_pretrained(tmp_path / name) for name in ("mt", "summ"))
     assert (mt.num_beams, mt.no_repeat_ngram_size, summ.num_beams, summ.no_repeat_ngram_size) == (5, 0, 5, 3)
     assert mt.max_new_tokens is None and summ.max_new_tokens == 41  # a summary: 40 tokens and its EOS, as ours
+    assert mt.forced_eos_token_id == summ.forced_eos_token_id == EOS_ID  # so the 41st is EOS, as ours
     assert "tags: [mass, summarization, bart]" in (tmp_path / "summ" / "README.md").read_text()
     with pytest.raises(MassError, match="unknown task"):
         export_hf(run, tmp_path / "bad", "en", "en", task="poetry")

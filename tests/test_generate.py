@@ -366,6 +366,27 @@ def test_sampling_is_seeded_and_keeps_the_constraints():
     assert all(2 <= len(t) <= 8 and len(set(t)) == len(t) for t in first)  # min_len, max_len, no repeat
 
 
+def test_a_sentence_whose_every_token_is_banned_ends_without_a_hypothesis():
+    # Four real tokens, each usable once (no_repeat_ngram 1), EOS banned until 10: after four steps nothing
+    # is allowed. Beam search ends such a sentence with the -inf placeholder; greedy search and sampling must
+    # do the same, not take the argmax of all -inf (PAD) or draw from nothing.
+    base = random_fn(VOCAB, seed=7)
+
+    def fn(sent: int, prefix: tuple[int, ...]) -> torch.Tensor:
+        log_probs = base(sent, prefix).clone()
+        log_probs[[PAD, BOS]] = -INF  # as the model's decode step bans them
+        return log_probs
+
+    options = {"max_len": 10, "min_len": 10, "no_repeat_ngram": 1}
+    placeholder = [([], -INF, -INF)] * 3
+    assert [(h.tokens, h.score, h.log_prob) for [h] in run_beam(fn, 3, beam_size=1, **options)] == placeholder
+    assert [(h.tokens, h.score, h.log_prob) for h in greedy_hyps(fn, 3, **options)] == placeholder
+    sampling = Sampling(temperature=2.0, generator=torch.Generator().manual_seed(0))
+    assert [(h.tokens, h.score, h.log_prob) for h in greedy_hyps(fn, 3, sampling=sampling, **options)] == placeholder
+    # With a reachable min_len the same search finishes normally.
+    assert all(3 <= len(h.tokens) <= 4 and h.score > -INF for h in greedy_hyps(fn, 3, **{**options, "min_len": 3}))
+
+
 def test_bad_arguments():
     for bad in ({"top_k": -1}, {"top_p": 0.0}, {"top_p": 1.5}, {"temperature": 0.0}):
         with pytest.raises(ValueError, match="sampling needs"):

@@ -282,7 +282,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
             line.encode("utf-8")  # undecodable bytes reach here as surrogates
         except EOFError:
             break
-        except UnicodeEncodeError:
+        except (UnicodeEncodeError, UnicodeDecodeError):  # the latter where stdin decodes strictly
             print("invalid UTF-8: line skipped", file=sys.stderr)
             continue
         if line:

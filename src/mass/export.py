@@ -148,7 +148,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str =
     gen = get_task(task).generate
     # max_length counts the start token, so the decoder may fill every position. A length that grows with
     # the source (max_len_a > 0, translation) has no transformers equivalent; a fixed one (a summary's) has:
-    # max_new_tokens counts the EOS that ours does not.
+    # max_new_tokens counts the EOS that ours does not. At the limit, EOS is forced, as ours does.
     fixed = {"max_new_tokens": gen.max_len_b + 1} if gen.max_len_a == 0 else {}
     bart.generation_config.update(
         num_beams=gen.beam,
@@ -157,6 +157,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str =
         early_stopping=True,
         max_length=generator.model.cfg.max_positions,
         suppress_tokens=list(NEVER_GENERATED),  # as ours
+        forced_eos_token_id=EOS_ID,
         **fixed,
     )
     tokenizer = hf_tokenizer(generator.tokenizer.path)

@@ -255,6 +255,11 @@ def greedy_search(
                 no_repeat_ngram=no_repeat_ngram,
                 force_eos=forced,
             )
+        # A row whose every token is banned (n-gram blocking with min_len) ends with no hypothesis, the -inf
+        # placeholder, as in beam search; it must not take the argmax of -inf (PAD) or sample from nothing.
+        stuck = torch.isneginf(log_probs.amax(dim=1)) if needs_masks else None
+        if stuck is not None and bool(stuck.any()):
+            log_probs[stuck, eos_id] = 0.0
         next_tokens = log_probs.argmax(dim=1) if sampling is None else sampling.draw(log_probs)
         ended = next_tokens == eos_id
         done = ended | (step + 1 >= limits)
@@ -262,7 +267,7 @@ def greedy_search(
         log_prob += log_probs.gather(1, next_tokens.unsqueeze(1)).squeeze(1)
 
         if bool(done.any()):
-            rows = done.nonzero(as_tuple=True)[0]
+            rows = (done if stuck is None else done & ~stuck).nonzero(as_tuple=True)[0]
             for sent, row_tokens, is_eos, row_log_prob in zip(
                 sent_ids[rows].tolist(),
                 history[rows].tolist(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -75,9 +76,10 @@ class Generator:
     def generate(
         self, sources: list[list[int]], src_lang: str, tgt_lang: str, cfg: GenerationConfig, progress: bool = False
     ) -> list[list[Hypothesis]]:
-        """Token ids in, n-best hypotheses (token ids and scores) out, in input order; batched by similar
-        length. With sampling, the n "best" are n draws, in the order drawn. `progress` shows a bar on stderr
-        (sentences done), for long files on a CPU."""
+        """Token ids in, n-best hypotheses (token ids and scores) out, in input order, exactly `cfg.nbest` per
+        input (empty ones with score -inf where fewer finished); batched by similar length. With sampling, the
+        n "best" are n draws, in the order drawn. `progress` shows a bar on stderr (sentences done), for long
+        files on a CPU."""
         src_id, tgt_id = self.lang_id(src_lang), self.lang_id(tgt_lang)
         if not cfg.sampling and cfg.beam > self.model.cfg.vocab_size:  # more beams than tokens: memory, no gain
             raise MassError(f"beam {cfg.beam} is larger than the vocabulary ({self.model.cfg.vocab_size} tokens)")
@@ -161,7 +163,7 @@ class Generator:
         step = make_decode_step(
             self.model, memory, mask, torch.full((batch * beam,), tgt_id, device=self.device), group=beam
         )
-        return beam_search(
+        found = beam_search(
             step,
             batch,
             device=self.device,
@@ -174,6 +176,9 @@ class Generator:
             no_repeat_ngram=cfg.no_repeat_ngram,
             nbest=cfg.nbest,
         )
+        # Fewer than nbest may finish (a max length of 0, every continuation banned): pad with the empty -inf
+        # placeholder, so that there are always nbest outputs per input and output i * nbest is input i's.
+        return [hyps + [Hypothesis([], -math.inf, -math.inf)] * (cfg.nbest - len(hyps)) for hyps in found]
 
     def translate(
         self,
