@@ -448,7 +448,7 @@ def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref)]) == 1
     assert f"{src}:2: line has" in one_line_error(capsys, "evaluate")  # not silently cut to the model's length
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--limit", "1"]) == 0
-    result = json.loads((finetuned / "eval" / "mt-fr-en-in.fr.json").read_text(encoding="utf-8"))
+    result = json.loads((finetuned / "eval" / "mt-fr-en-in.fr-first1.json").read_text(encoding="utf-8"))
     assert result["input"] == str(src) and result["reference"] == str(ref) and "split" not in result
 
 
@@ -595,17 +595,21 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     # No --task, --src, --tgt: the run's own task (its decoding defaults, its metrics) and direction.
     valid = [str(text / "valid.src"), "--reference", str(text / "valid.tgt"), "--limit", "8"]
     assert main(["evaluate", str(run), "--input", *valid]) == 0
-    result = json.loads((run / "eval" / "summarization-en-en-valid.src.json").read_text(encoding="utf-8"))
+    result = json.loads((run / "eval" / "summarization-en-en-valid.src-first8.json").read_text(encoding="utf-8"))
     assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
     assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"]) and result["generation"]["no_repeat_ngram"] == 3
 
     # Without --input: the held-out text that prepare kept in the run's data directory, not a shipped corpus.
     assert main(["evaluate", str(run), "--split", "valid", "--limit", "8"]) == 0
-    kept = json.loads((run / "eval" / "summarization-en-en-valid.json").read_text(encoding="utf-8"))
+    kept = json.loads((run / "eval" / "summarization-en-en-valid-first8.json").read_text(encoding="utf-8"))
     assert kept["metrics"] == result["metrics"]
     assert main(["evaluate", str(run)]) == 0
     test = json.loads((run / "eval" / "summarization-en-en-test.json").read_text(encoding="utf-8"))
     assert test["metrics"]["sentences"] == 10
+    assert main(["evaluate", str(run), "--limit", "3"]) == 0  # a quick look keeps the full scores beside it
+    full = json.loads((run / "eval" / "summarization-en-en-test.json").read_text(encoding="utf-8"))
+    quick = json.loads((run / "eval" / "summarization-en-en-test-first3.json").read_text(encoding="utf-8"))
+    assert (full["metrics"]["sentences"], quick["metrics"]["sentences"]) == (10, 3)
     capsys.readouterr()
     assert main(["evaluate", str(run), "--split", "train"]) == 1
     err = capsys.readouterr().err.strip()
@@ -702,7 +706,7 @@ def test_evaluate_mass_perplexity_of_every_language_equals_validation(run_dir, c
     assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--limit", "32"]) == 0
     out = capsys.readouterr().out
     for lang in ("en", "fr"):
-        result = json.loads((run_dir / "eval" / f"mass-{lang}-valid.json").read_text(encoding="utf-8"))
+        result = json.loads((run_dir / "eval" / f"mass-{lang}-valid-first32.json").read_text(encoding="utf-8"))
         assert result["metrics"]["mass_ppl"] == pytest.approx(logged[f"valid_ppl_mass_{lang}"], rel=1e-5)
         assert f"{lang} mass_ppl: {result['metrics']['mass_ppl']:.2f}" in out
     assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--src", "fr"]) == 0

@@ -507,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input", help="source file instead of the held-out split")
     p.add_argument("--reference", help="reference file (with --input)")
-    p.add_argument("--limit", type=_count, default=0, help="score only the first N examples (0 = all)")
+    p.add_argument("--limit", type=_count, default=0, help="score the first N examples only (0 = all; JSON ...-firstN)")
     p.add_argument("--output", help="JSON result file (default: RUN_DIR/eval/...)")
     p.set_defaults(func=cmd_evaluate)
     return parser

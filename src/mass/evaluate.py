@@ -89,6 +89,8 @@ def evaluate_checkpoint(
         name = f"{task_name}-{src}-{tgt}-{input_path.name}"
     if in_run and ckpt != (best_checkpoint(run_dir) or latest_checkpoint(run_dir)):
         name += f"-{ckpt.name}"  # not the run's own checkpoint (an older or averaged one): keep results apart
+    if limit > 0:
+        name += f"-first{limit}"  # a quick look must not replace the scores of the whole set
     output = output or run_dir / "eval" / f"{name}.json"
     start = time.perf_counter()
     given = {"input": str(input_path), "reference": str(reference_path)} if input_path else {"split": split}
