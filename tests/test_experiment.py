@@ -10,10 +10,12 @@ import torch
 from helpers import write_corpus
 
 from mass.checkpoint import latest_checkpoint, load_state
+from mass.config import load_config
 from mass.data.binarize import prepare_dir
 from mass.data.tokenizer import train_tokenizer
 from mass.errors import MassError
 from mass.experiment import load_study, run_study
+from mass.tasks import get_task
 
 STUDIES = sorted((Path(__file__).parents[1] / "configs" / "studies").glob("*.yaml"))
 TINY = [
@@ -68,6 +70,11 @@ def test_study_runs_end_to_end_at_tiny_size(path, tmp_path, monkeypatch):
         per_lang = [v for k, v in row["metrics"].items() if k.startswith("mass_ppl_")]
         if run.kind == "pretrain" and len(per_lang) > 1:
             assert min(per_lang) * 0.999 <= row["metrics"]["mass_ppl"] <= max(per_lang) * 1.001, row
+    for run in study.runs:  # validation decodes as the task does (a summary: no repeated trigram), greedily
+        if run.kind == "finetune":
+            saved_generate = load_config(tmp_path / run.name / "config.yaml").generate
+            task_generate = get_task(run.task).generate
+            assert (saved_generate.no_repeat_ngram, saved_generate.beam) == (task_generate.no_repeat_ngram, 1)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["study"] == study.name and len(saved["rows"]) == len(study.runs)
 

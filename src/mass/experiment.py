@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from mass.checkpoint import atomic_write_text, latest_checkpoint, load_state
-from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml
+from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml, to_dict
 from mass.errors import MassError
 from mass.plots import read_metrics
 
@@ -130,7 +130,8 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
     if run.init:
         defaults += init_overrides(root / run.init, run.scratch)
     task = get_task(run.task)
-    if run.kind == "finetune":
+    if run.kind == "finetune":  # validation decodes as the task does (as `mass finetune`), greedy for speed
+        defaults += [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()]
         defaults += [f"data.corpus={task.corpus}", "generate.beam=1"]
     if run.kind == "unsup":
         defaults += ["data.train_split=unsup", "generate.beam=1"]
