@@ -435,6 +435,18 @@ def test_evaluate_mass_refuses_data_prepared_again_with_another_tokenizer(run_di
     assert "prepared again with another tokenizer" in one_line_error(capsys, "evaluate")
 
 
+def test_evaluate_from_inside_a_checkpoint_writes_beside_the_run(finetuned, capsys, monkeypatch):
+    from mass.checkpoint import best_checkpoint
+
+    own = best_checkpoint(finetuned) or latest_checkpoint(finetuned)
+    result = finetuned / "eval" / "mt-fr-en-valid-first2.json"
+    result.unlink(missing_ok=True)
+    monkeypatch.chdir(own)
+    assert main(["evaluate", ".", "--split", "valid", "--limit", "2"]) == 0
+    assert json.loads(result.read_text(encoding="utf-8"))["metrics"]["sentences"] == 2
+    assert not (own / "eval").exists()
+
+
 def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     src = write_lines(tmp_path / "in.fr", ["le chat dort", "le chat " * 400])
     ref = write_lines(tmp_path / "ref.en", ["the cat sleeps", "the cat"])

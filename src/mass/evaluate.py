@@ -82,12 +82,13 @@ def evaluate_checkpoint(
 ) -> dict:
     """Score a checkpoint; write `{metrics, ...}` as JSON (default: RUN_DIR/eval/) and the hypotheses."""
     ckpt = resolve_checkpoint(checkpoint)
-    in_run = ckpt.parent.name == "checkpoints"  # else a checkpoint on its own (copied, averaged elsewhere)
-    run_dir = ckpt.parent.parent if in_run else ckpt
+    where = ckpt.resolve()  # `mass evaluate .` from inside a checkpoint still finds its run
+    in_run = where.parent.name == "checkpoints"  # else a checkpoint on its own (copied, averaged elsewhere)
+    run_dir = where.parent.parent if in_run else ckpt
     name = f"{task_name}-{src}-{split}" if task_name == "mass" else f"{task_name}-{src}-{tgt}-{split}"
     if input_path is not None:
         name = f"{task_name}-{src}-{tgt}-{input_path.name}"
-    if in_run and ckpt != (best_checkpoint(run_dir) or latest_checkpoint(run_dir)):
+    if in_run and where != (best_checkpoint(run_dir) or latest_checkpoint(run_dir)).resolve():
         name += f"-{ckpt.name}"  # not the run's own checkpoint (an older or averaged one): keep results apart
     if limit > 0:
         name += f"-first{limit}"  # a quick look must not replace the scores of the whole set
