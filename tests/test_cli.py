@@ -721,6 +721,7 @@ def test_evaluate_mass_perplexity_of_every_language_equals_validation(run_dir, c
         result = json.loads((run_dir / "eval" / f"mass-{lang}-valid-first32.json").read_text(encoding="utf-8"))
         assert result["metrics"]["mass_ppl"] == pytest.approx(logged[f"valid_ppl_mass_{lang}"], rel=1e-5)
         assert f"{lang} mass_ppl: {result['metrics']['mass_ppl']:.2f}" in out
+        assert f"{lang} sentences: {result['metrics']['sentences']}\n" in out and result["metrics"]["sentences"] == 32
     assert main(["evaluate", str(run_dir), "--task", "mass", "--split", "valid", "--src", "fr"]) == 0
     single = capsys.readouterr().out
     assert single.startswith("mass_ppl: ") and single.count("mass_ppl") == 1  # one language, asked for

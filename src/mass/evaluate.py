@@ -43,7 +43,7 @@ def shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tupl
         return read_source_lines(src_path), read_source_lines(tgt_path)
 
 
-def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int = 0) -> dict[str, float]:
+def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int = 0) -> dict[str, float | int]:
     """MASS perplexity with the checkpoint's own masking config, length limit and fixed seed, as in training:
     on the first `data.valid_sentences` of the validation split it is the training log's validation value."""
     cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
@@ -64,7 +64,7 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int =
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
     batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)
-    return {"mass_ppl": perplexity(stats["nll"], stats["tokens"]), "sentences": float(len(examples))}
+    return {"mass_ppl": perplexity(stats["nll"], stats["tokens"]), "sentences": len(examples)}
 
 
 def evaluate_checkpoint(
