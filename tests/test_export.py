@@ -161,6 +161,11 @@ def test_mass_export_writes_what_from_pretrained_loads(run, tmp_path, capsys):
     line = "the cat sees the dog"
     ids = tokenizer(line, return_tensors="pt")["input_ids"]
     assert ids[0].tolist() == generator.tokenizer.encode(line) + [EOS_ID]
+    # A source longer than the encoder's positions is cut to them, </s> kept, when asked (truncation=True).
+    max_positions = generator.model.cfg.max_positions
+    long = tokenizer(" ".join([line] * max_positions), truncation=True, return_tensors="pt")["input_ids"]
+    assert tokenizer.model_max_length == long.size(1) == max_positions and long[0, -1] == EOS_ID
+    assert bart.generate(long, max_new_tokens=2).size(0) == 1  # BART reads all of it
     tgt = torch.tensor([[BOS_ID, *generator.tokenizer.encode("le chat voit le chien")]])
     fr, en = generator.lang_id("fr"), generator.lang_id("en")
     ours = generator.model(ids, torch.tensor([fr]), tgt, torch.arange(tgt.size(1))[None], torch.tensor([en]))

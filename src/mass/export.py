@@ -93,7 +93,7 @@ def to_bart(model: MassModel, src_lang: int, tgt_lang: int):
     return bart
 
 
-def hf_tokenizer(spm_path: Path):
+def hf_tokenizer(spm_path: Path, max_length: int | None = None):
     """Our SentencePiece model as a `transformers` fast tokenizer: the same ids, `</s>` appended (what our
     encoder reads), special pieces dropped by `decode(..., skip_special_tokens=True)`.
 
@@ -124,8 +124,11 @@ def hf_tokenizer(spm_path: Path):
     tokenizer.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
     eos = specials["eos"]
     tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {eos}", special_tokens=[(eos, EOS_ID)])
+    # model_max_length: the encoder's positions, `</s>` included, so that `truncation=True` cuts a long source
+    # to what the model reads (as ours cuts it) instead of an index error inside BART.
+    limit = {"model_max_length": max_length} if max_length else {}
     return _transformers().PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, **{f"{name}_token": piece for name, piece in specials.items()}
+        tokenizer_object=tokenizer, **{f"{name}_token": piece for name, piece in specials.items()}, **limit
     )
 
 
@@ -160,7 +163,7 @@ def export_hf(checkpoint: str | Path, out: Path, src: str, tgt: str, task: str =
         forced_eos_token_id=EOS_ID,
         **fixed,
     )
-    tokenizer = hf_tokenizer(generator.tokenizer.path)
+    tokenizer = hf_tokenizer(generator.tokenizer.path, generator.model.cfg.max_positions)
     card = _model_card(checkpoint, src, tgt, generator.model, task, gen.beam)
     with atomic_dir(out) as tmp:
         bart.save_pretrained(tmp)
