@@ -264,6 +264,19 @@ def finetuned(run_dir, data_dir, tmp_path_factory) -> Path:
     return run
 
 
+def test_finetune_scores_the_translate_objective_of_its_config(run_dir, data_dir, tmp_path, capsys):
+    """A config may list MASS steps before the translation: the translation is what gets scored."""
+    run = tmp_path / "mixed"
+    mixed = "objectives=[{name: mass, lang: fr}, {name: translate, src: fr, tgt: en}]"
+    overrides = [o for o in tiny_overrides(data_dir, run, "train.max_steps=2", mixed) if not o.startswith("model.")]
+    assert main(["finetune", "--from", str(run_dir), "--src", "en", "--tgt", "fr", *overrides]) == 1
+    assert "--src en --tgt fr: the config's objectives translate fr-en" in one_line_error(capsys, "finetune")
+    with fast_training():
+        assert main(["finetune", "--from", str(run_dir), *overrides]) == 0
+    last = read_log(run)[-1]
+    assert "bleu" in last and "loss_mass_fr" in read_log(run)[0]
+
+
 def test_finetune_then_generate_writes_one_line_per_input(finetuned, tmp_path):
     src = tmp_path / "in.fr"
     write_lines(src, ["le chat dort", "la maison est grande", "un"])

@@ -120,14 +120,21 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.init_from:
         defaults += init_overrides(args.init_from, args.scratch)
     cfg = load_config(config, defaults + overrides)
+    asked = bool(args.src or args.tgt)
     _direction(args, cfg.data.langs, args.task)
     if not cfg.objectives:
         cfg.objectives = [task_objective(task, args.src, args.tgt)]
-    obj = cfg.objectives[0]
+    # The direction scored during training: the config's translate objective in the asked direction, else
+    # its first one (a config may list MASS steps beside it); none (MASS alone) selects by perplexity.
+    pairs = [obj for obj in cfg.objectives if obj.name == "translate"]
+    scored = [obj for obj in pairs if (obj.src, obj.tgt) == (args.src, args.tgt)] if asked else pairs
+    if asked and not scored:
+        listed = ", ".join(f"{obj.src}-{obj.tgt}" for obj in pairs) or "none"
+        raise MassError(f"--src {args.src} --tgt {args.tgt}: the config's objectives translate {listed}")
     from mass import distributed
 
     data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
-    evaluator = make_evaluator(cfg, task, data, [obj], args.eval_sentences)
+    evaluator = make_evaluator(cfg, task, data, scored[:1], args.eval_sentences)
     best = task.best_metric if evaluator is not None or task.metric == "ppl" else "valid_ppl"
     train(cfg, evaluator=evaluator, best_metric=best, data=data)
 

@@ -142,7 +142,7 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
     data = resolve_data_dir(cfg, distributed.setup(cfg.train.device))
     if run.kind == "finetune":
         cfg.objectives = cfg.objectives or [task_objective(task, run.src, run.tgt)]
-        directions = cfg.objectives[:1]
+        directions = [obj for obj in cfg.objectives if obj.name == "translate"][:1]  # MASS steps beside: not scored
     else:
         a, b = run.src, run.tgt
         mass_steps = [] if run.no_mass else [ObjectiveConfig(name="mass", lang=x) for x in (a, b)]
