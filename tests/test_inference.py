@@ -321,3 +321,13 @@ def test_device_names_resolve_for_each_rank():
     assert pick_device("cpu", local_rank=3) == torch.device("cpu")
     with pytest.raises(MassError, match="unknown device 'gpu'"):
         pick_device("gpu")
+
+
+def test_one_named_gpu_for_several_processes_is_refused(monkeypatch):
+    from mass.distributed import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(MassError, match="train.device=cuda:0 names one GPU: with torchrun use cuda or auto"):
+        setup("cuda:0")

@@ -44,6 +44,8 @@ def setup(device_name: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1 and device_name.startswith("cuda:"):  # every process would take that one GPU
+        raise MassError(f"train.device={device_name} names one GPU: with torchrun use cuda or auto (one GPU each)")
     device = pick_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
