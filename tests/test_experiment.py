@@ -101,8 +101,13 @@ def test_bad_study_files(tmp_path):
         ("overrides: [optim.lrr=0.1]}", "run f: unknown key config.optim.lrr"),
         ("overrides: [optim.lr=abc]}", "run f: config.optim.lr must be float"),
         ("task: mtt}", "run f: unknown task 'mtt'"),
+        ("src: de}", "run f: de-en is not a pair of its languages \\(en, fr\\)"),  # the languages of run p
+        ("src: de, overrides: ['data.langs=[en,fr,de]']}", None),  # a language added after p's
     ]:
         bad.write_text(f"name: x\nruns:\n{run}{tail}\n")
+        if message is None:
+            assert load_study(bad).runs[1].src == "de"
+            continue
         with pytest.raises(MassError, match=message) as info:
             load_study(bad)
         assert (info.value.path, info.value.line) == (str(bad), 4)  # the file and the line of run f

@@ -90,6 +90,7 @@ def load_study(path: Path) -> Study:
         line = lines[int(index.group(1))] if index and int(index.group(1)) < len(lines) else None
         raise MassError(e.message, path, line) from None
     names = [run.name for run in study.runs]
+    langs: dict[str, list[str]] = {}  # each run's languages: its own setting, else those of the run it starts from
     for run, line in zip(study.runs, lines, strict=True):
         if not _RUN_NAME.match(run.name):
             message = f"run name {run.name!r}: letters, digits, '_', '-', '.' only (it names a directory)"
@@ -102,9 +103,14 @@ def load_study(path: Path) -> Study:
             raise MassError(f"run {run.name}: init {run.init!r} is not an earlier run of the study", path, line)
         try:
             get_task(run.task)
-            load_config(None, [*study.common, *run.overrides])
+            cfg = load_config(None, [*study.common, *run.overrides])
         except MassError as e:
             raise MassError(f"run {run.name}: {e.message}", path, line) from None
+        explicit = any(o.strip().startswith("data.langs=") for o in [*study.common, *run.overrides])
+        langs[run.name] = cfg.data.langs if explicit or not run.init else langs[run.init]
+        if run.kind != "pretrain" and not {run.src, run.tgt} <= set(langs[run.name]):
+            have = ", ".join(langs[run.name])
+            raise MassError(f"run {run.name}: {run.src}-{run.tgt} is not a pair of its languages ({have})", path, line)
     return study
 
 
