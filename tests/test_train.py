@@ -503,6 +503,17 @@ def test_a_run_from_a_checkpoint_keeps_its_language_agnostic_encoder(data_dir, t
     assert not resolve_model_config(cfg, load_data_dir(data_dir)).encoder_lang_embed
 
 
+def test_a_run_from_a_checkpoint_resumes_after_that_checkpoint_is_gone(trained, data_dir, tmp_path):
+    """Its own checkpoint holds the architecture and tokenizer: resuming needs nothing from the run it left."""
+    source = tmp_path / "pretrained"
+    shutil.copytree(trained, source)
+    run = tmp_path / "ft"
+    train(tiny_config(data_dir, run, f"init_from={source}", "train.max_steps=2", "train.save_interval=1"))
+    shutil.rmtree(source)
+    train(load_config(run / "config.yaml", ["train.max_steps=4"]))
+    assert latest_checkpoint(run).name == "step_00000004"
+
+
 def test_init_from_with_another_tokenizer(trained, tmp_path):
     other = make_data_dir(tmp_path / "other", vocab_size=150)
     with pytest.raises(MassError, match="vocabulary") as info:

@@ -86,7 +86,8 @@ def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
     """
     if cfg.data.dir:
         return load_data_dir(cfg.data.dir)
-    tokenizer = resolve_checkpoint(cfg.init_from) / "spm.model" if cfg.init_from else None
+    start = start_checkpoint(cfg)
+    tokenizer = start / "spm.model" if start else None
     if info.is_main:
         path = prepare_corpus(cfg.data.corpus, tokenizer, cfg.data.vocab_size, None, cfg.data.tokenizer_sentences)
     distributed.barrier()
@@ -107,10 +108,18 @@ def default_objectives(cfg: Config) -> list[ObjectiveConfig]:
     return cfg.objectives or [ObjectiveConfig(name="mass", lang=lang) for lang in cfg.data.langs]
 
 
+def start_checkpoint(cfg: Config) -> Path | None:
+    """Where a run from `init_from` takes its architecture and tokenizer: the run's own latest checkpoint once
+    it has one (so that resuming does not need the run it started from), else `init_from`."""
+    if not cfg.init_from:
+        return None
+    return latest_checkpoint(Path(cfg.run_dir)) or resolve_checkpoint(cfg.init_from)
+
+
 def resolve_model_config(cfg: Config, data: DataDir) -> ModelConfig:
     """Architecture from the checkpoint we start from, else from the config; sizes from the data."""
-    if cfg.init_from:
-        ckpt = resolve_checkpoint(cfg.init_from)
+    ckpt = start_checkpoint(cfg)
+    if ckpt is not None:
         saved = read_checkpoint_config(ckpt)
         model_cfg = from_dict(ModelConfig, saved["model"], "checkpoint model")
         model_cfg.dropout, model_cfg.attention_dropout = cfg.model.dropout, cfg.model.attention_dropout
