@@ -397,6 +397,7 @@ def test_generate_prints_nbest_lines_even_when_fewer_finish(finetuned, tmp_path,
         (["--sampling", "--temperature", "0"], "temperature > 0"),
         (["--device", "bogus"], "unknown device 'bogus'"),
         (["--beam", "100000"], "beam 100000 is larger than the vocabulary"),
+        (["--sampling", "--beam", "4"], "--beam does not apply with --sampling"),
     ],
 )
 def test_generate_bad_options_are_one_line_errors(finetuned, tmp_path, capsys, options, message):
@@ -470,6 +471,9 @@ def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     assert "--reference goes with --input" in one_line_error(capsys, "evaluate")
     assert main(["evaluate", str(finetuned), "--task", "mass", "--input", str(src)]) == 1
     assert "takes no --input" in one_line_error(capsys, "evaluate")
+    for task in ("mass", "align", "dialogue"):  # they score references as they are: decoding options would be lost
+        assert main(["evaluate", str(finetuned), "--task", task, "--beam", "2", "--min-len", "3"]) == 1
+        assert f"--beam, --min-len: --task {task} decodes nothing" in one_line_error(capsys, "evaluate")
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref)]) == 1
     assert f"{src}:2: line has" in one_line_error(capsys, "evaluate")  # not silently cut to the model's length
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--limit", "1"]) == 0

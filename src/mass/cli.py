@@ -228,15 +228,23 @@ def _load(args: argparse.Namespace):
     return generator
 
 
+GENERATION_OPTIONS = (
+    "beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest",
+    "sampling", "sampling_topk", "sampling_topp", "temperature", "seed",
+)  # fmt: skip
+
+
 def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
     import dataclasses
 
     from mass.tasks import get_task
 
-    names = ["beam", "length_penalty", "min_len", "max_len_a", "max_len_b", "no_repeat_ngram", "nbest"]
     sampling_only = ["sampling_topk", "sampling_topp", "temperature", "seed"]
-    given = {name: value for name in [*names, *sampling_only] if (value := getattr(args, name, None)) is not None}
+    given = {name: value for name in GENERATION_OPTIONS if (value := getattr(args, name, None)) is not None}
+    given.pop("sampling", None)
     if getattr(args, "sampling", False):
+        if "beam" in given:
+            raise MassError("--beam does not apply with --sampling (each of the --nbest outputs is one draw)")
         given["sampling"] = True
     elif any(name in given for name in sampling_only):
         options = ", ".join("--" + name.replace("_", "-") for name in sampling_only if name in given)
@@ -299,6 +307,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
     from mass.evaluate import evaluate_checkpoint
+    from mass.tasks import get_task
 
     if args.output and Path(args.output).is_dir():
         raise MassError("is a directory: give a file name", args.output)
@@ -309,6 +318,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     ckpt = resolve_checkpoint(args.checkpoint)
     every_lang = args.task == "mass" and not args.src  # MASS perplexity of each language, as validation reports
     _checkpoint_defaults(args, ckpt)
+    decodes = args.task not in ("mass", "align") and get_task(args.task).metric != "ppl"
+    options = [name for name in GENERATION_OPTIONS if getattr(args, name, None) is not None]
+    if options and not decodes:
+        given = ", ".join("--" + name.replace("_", "-") for name in options)
+        raise MassError(f"{given}: --task {args.task} decodes nothing (it scores the references as they are)")
     saved = read_checkpoint_config(ckpt)
     sources = saved["data"]["langs"] if every_lang else [args.src]
     if args.output and len(sources) > 1:
