@@ -477,7 +477,7 @@ def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref)]) == 1
     assert f"{src}:2: line has" in one_line_error(capsys, "evaluate")  # not silently cut to the model's length
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--limit", "1"]) == 0
-    result = json.loads((finetuned / "eval" / "mt-fr-en-in.fr-first1.json").read_text(encoding="utf-8"))
+    result = json.loads((finetuned / "eval" / "mt-fr-en-input-in.fr-first1.json").read_text(encoding="utf-8"))
     assert result["input"] == str(src) and result["reference"] == str(ref) and "split" not in result
 
 
@@ -624,7 +624,7 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     # No --task, --src, --tgt: the run's own task (its decoding defaults, its metrics) and direction.
     valid = [str(text / "valid.src"), "--reference", str(text / "valid.tgt"), "--limit", "8"]
     assert main(["evaluate", str(run), "--input", *valid]) == 0
-    result = json.loads((run / "eval" / "summarization-en-en-valid.src-first8.json").read_text(encoding="utf-8"))
+    result = json.loads((run / "eval" / "summarization-en-en-input-valid.src-first8.json").read_text(encoding="utf-8"))
     assert (result["src"], result["tgt"]) == ("en", "en") and result["metrics"]["sentences"] == 8
     assert {"rouge1", "rouge2", "rougeL"} <= set(result["metrics"]) and result["generation"]["no_repeat_ngram"] == 3
 
@@ -639,6 +639,11 @@ def test_summarization_on_own_line_files_with_an_en_fr_model(run_dir, corpus, tm
     full = json.loads((run / "eval" / "summarization-en-en-test.json").read_text(encoding="utf-8"))
     quick = json.loads((run / "eval" / "summarization-en-en-test-first3.json").read_text(encoding="utf-8"))
     assert (full["metrics"]["sentences"], quick["metrics"]["sentences"]) == (10, 3)
+    named_test = tmp_path / "mine" / "test"  # a file named like the split does not overwrite its scores
+    named_test.parent.mkdir()
+    shutil.copyfile(text / "valid.src", named_test)
+    assert main(["evaluate", str(run), "--input", str(named_test), "--reference", str(text / "valid.tgt")]) == 0
+    assert json.loads((run / "eval" / "summarization-en-en-test.json").read_text(encoding="utf-8")) == full
     capsys.readouterr()
     assert main(["evaluate", str(run), "--split", "train"]) == 1
     err = capsys.readouterr().err.strip()

@@ -87,7 +87,7 @@ def evaluate_checkpoint(
     run_dir = where.parent.parent if in_run else ckpt
     name = f"{task_name}-{src}-{split}" if task_name == "mass" else f"{task_name}-{src}-{tgt}-{split}"
     if input_path is not None:
-        name = f"{task_name}-{src}-{tgt}-{input_path.name}"
+        name = f"{task_name}-{src}-{tgt}-input-{input_path.name}"  # never a split's name, whatever the file
     if in_run and where != (best_checkpoint(run_dir) or latest_checkpoint(run_dir)).resolve():
         name += f"-{ckpt.name}"  # not the run's own checkpoint (an older or averaged one): keep results apart
     if limit > 0:
