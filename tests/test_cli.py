@@ -461,6 +461,17 @@ def test_evaluate_from_inside_a_checkpoint_writes_beside_the_run(finetuned, caps
     assert not (own / "eval").exists()
 
 
+def test_evaluate_says_how_many_references_perplexity_cut(finetuned, tmp_path):
+    src = write_lines(tmp_path / "in.fr", ["le chat dort", "la maison"])
+    ref = write_lines(tmp_path / "ref.en", ["the cat sleeps", "the house " * 400])
+    out = tmp_path / "r.json"
+    assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--output", str(out)]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["metrics"]["ppl_references_cut"] == 1
+    write_lines(ref, ["the cat sleeps", "the house"])
+    assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--output", str(out)]) == 0
+    assert "ppl_references_cut" not in json.loads(out.read_text(encoding="utf-8"))["metrics"]
+
+
 def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
     src = write_lines(tmp_path / "in.fr", ["le chat dort", "le chat " * 400])
     ref = write_lines(tmp_path / "ref.en", ["the cat sleeps", "the cat"])

@@ -127,6 +127,11 @@ def evaluate_checkpoint(
             return _write(result, output, start)
         with torch.no_grad():
             metrics = {"ppl": text_perplexity(generator, sources, refs, src, tgt)}
+            # Perplexity reads a reference up to the model's positions: say how many were cut (BLEU reads all).
+            limit_tokens = generator.model.cfg.max_positions - 1
+            cut = sum(len(ref) > limit_tokens for ref in generator.tokenizer.encode_batch(refs))
+            if cut:
+                metrics["ppl_references_cut"] = cut
             hyps = []
             if task.metric != "ppl":
                 hyps = generator.translate(sources, src, tgt, gen_cfg, progress=True)
