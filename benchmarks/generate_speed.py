@@ -63,7 +63,7 @@ from mass.checkpoint import resolve_checkpoint
 from mass.config import GenerationConfig
 from mass.data.binarize import DataDir, load_data_dir
 from mass.data.corpus import prepare_corpus, prepare_embedded
-from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, PAD_ID
 from mass.export import to_bart
 from mass.inference import Generator, load_generator
 from mass.model import PRESETS, MassModel, ModelConfig, count_parameters
@@ -137,6 +137,7 @@ def build_hf(bart, sources: list[list[int]], length: int, forced: bool) -> Syste
             bos_token_id=BOS_ID,
             eos_token_id=EOS_ID,
             pad_token_id=PAD_ID,
+            suppress_tokens=list(NEVER_GENERATED),  # ours never emits them either
         )
         return [_until_eos(row) for row in out[:, 1:].tolist()]  # without the decoder start token
 
