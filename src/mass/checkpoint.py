@@ -147,6 +147,13 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+def same_tokenizer(ckpt: Path, tokenizer: Path) -> bool:
+    """Whether the checkpoint's own tokenizer is this file, byte for byte (same size is not enough: the
+    ids would mean other subwords)."""
+    spm = Path(ckpt) / "spm.model"
+    return spm.is_file() and spm.read_bytes() == Path(tokenizer).read_bytes()
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """Accept a checkpoint directory, a run directory (its best, else latest checkpoint) or a weights file."""
     path = Path(path)

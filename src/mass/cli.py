@@ -234,6 +234,11 @@ GENERATION_OPTIONS = (
 )  # fmt: skip
 
 
+def _flags(names: list[str]) -> str:
+    """`--min-len, --beam` for the option names `min_len`, `beam`: errors name what the user typed."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
 def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
     import dataclasses
 
@@ -247,8 +252,7 @@ def _generation_config(args: argparse.Namespace, task_name: str = "mt"):
             raise MassError("--beam does not apply with --sampling (each of the --nbest outputs is one draw)")
         given["sampling"] = True
     elif any(name in given for name in sampling_only):
-        options = ", ".join("--" + name.replace("_", "-") for name in sampling_only if name in given)
-        raise MassError(f"{options} only apply with --sampling")
+        raise MassError(f"{_flags([name for name in sampling_only if name in given])} only apply with --sampling")
     try:
         return dataclasses.replace(get_task(task_name).generate, **given)
     except ValueError as e:
@@ -321,8 +325,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     decodes = args.task not in ("mass", "align") and get_task(args.task).metric != "ppl"
     options = [name for name in GENERATION_OPTIONS if getattr(args, name, None) is not None]
     if options and not decodes:
-        given = ", ".join("--" + name.replace("_", "-") for name in options)
-        raise MassError(f"{given}: --task {args.task} decodes nothing (it scores the references as they are)")
+        raise MassError(f"{_flags(options)}: --task {args.task} decodes nothing (it scores the references as they are)")
     saved = read_checkpoint_config(ckpt)
     sources = saved["data"]["langs"] if every_lang else [args.src]
     if args.output and len(sources) > 1:

@@ -19,6 +19,7 @@ from mass.checkpoint import (
     latest_checkpoint,
     read_checkpoint_config,
     resolve_checkpoint,
+    same_tokenizer,
 )
 from mass.config import Config, GenerationConfig, from_dict
 from mass.data.binarize import load_data_dir
@@ -53,7 +54,7 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int =
         if cfg.data.dir
         else load_data_dir(prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
     )
-    if data.tokenizer_path.read_bytes() != (ckpt / "spm.model").read_bytes():
+    if not same_tokenizer(ckpt, data.tokenizer_path):
         raise MassError(
             f"the run's data directory {data.path} was prepared again with another tokenizer since this "
             f"checkpoint was trained: prepare it with `mass prepare --tokenizer {ckpt / 'spm.model'}`",
@@ -126,11 +127,9 @@ def evaluate_checkpoint(
             result.update(metrics=alignment(generator, sources, refs, src, tgt), src=src, tgt=tgt)
             return _write(result, output, start)
         with torch.no_grad():
-            metrics = {"ppl": text_perplexity(generator, sources, refs, src, tgt)}
-            # Perplexity reads a reference up to the model's positions: say how many were cut (BLEU reads all).
-            limit_tokens = generator.model.cfg.max_positions - 1
-            cut = sum(len(ref) > limit_tokens for ref in generator.tokenizer.encode_batch(refs))
-            if cut:
+            ppl, cut = text_perplexity(generator, sources, refs, src, tgt)
+            metrics = {"ppl": ppl}
+            if cut:  # perplexity reads a reference up to the model's positions: say how many (BLEU reads all)
                 metrics["ppl_references_cut"] = cut
             hyps = []
             if task.metric != "ppl":

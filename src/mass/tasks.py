@@ -78,18 +78,23 @@ def score(task: Task, hyps: list[str], refs: list[str]) -> dict:
 
 
 @torch.no_grad()
-def text_perplexity(generator: Generator, sources: list[str], targets: list[str], src: str, tgt: str) -> float:
-    """Teacher-forced perplexity of the targets given the sources (dialogue's metric, reported for all)."""
+def text_perplexity(
+    generator: Generator, sources: list[str], targets: list[str], src: str, tgt: str
+) -> tuple[float, int]:
+    """Teacher-forced perplexity of the targets given the sources (dialogue's metric, reported for all), and
+    how many targets it had to cut to the model's positions (their tail is not scored)."""
     tok, model = generator.tokenizer, generator.model
     limit = model.cfg.max_positions - 1
-    pairs = [(s[:limit], t[:limit]) for s, t in zip(tok.encode_batch(sources), tok.encode_batch(targets), strict=True)]
+    encoded = tok.encode_batch(targets)
+    cut = sum(len(t) > limit for t in encoded)
+    pairs = [(s[:limit], t[:limit]) for s, t in zip(tok.encode_batch(sources), encoded, strict=True)]
     pairs.sort(key=lambda p: max(len(p[0]), len(p[1])))
     batches = [
         seq2seq_batch([p[0] for p in chunk], [p[1] for p in chunk], generator.lang_id(src), generator.lang_id(tgt))
         for chunk in (pairs[i : i + 64] for i in range(0, len(pairs), 64))
     ]
     stats = evaluate_loss(model, batches, generator.device)
-    return perplexity(stats["nll"], int(stats["tokens"]))
+    return perplexity(stats["nll"], int(stats["tokens"])), cut
 
 
 def make_evaluator(cfg: Config, task: Task, data: DataDir, directions: list[ObjectiveConfig], sentences: int):

@@ -32,6 +32,7 @@ from mass.checkpoint import (
     mark_best,
     read_checkpoint_config,
     resolve_checkpoint,
+    same_tokenizer,
     save_checkpoint,
 )
 from mass.config import Config, ObjectiveConfig, from_dict, save_config, to_dict
@@ -124,13 +125,11 @@ def resolve_model_config(cfg: Config, data: DataDir) -> ModelConfig:
         model_cfg = from_dict(ModelConfig, saved["model"], "checkpoint model")
         model_cfg.dropout, model_cfg.attention_dropout = cfg.model.dropout, cfg.model.attention_dropout
         saved_langs = saved.get("data", {}).get("langs", [])
-        spm = ckpt / "spm.model"
-        same_tokenizer = spm.is_file() and spm.read_bytes() == data.tokenizer_path.read_bytes()
-        if model_cfg.vocab_size != data.vocab_size or not same_tokenizer:
+        if model_cfg.vocab_size != data.vocab_size or not same_tokenizer(ckpt, data.tokenizer_path):
             raise MassError(
                 f"checkpoint's vocabulary ({model_cfg.vocab_size} entries) is not the data's tokenizer "
                 f"({data.vocab_size} entries, {data.tokenizer_path}): prepare the data with "
-                f"`mass prepare --tokenizer {spm}`",
+                f"`mass prepare --tokenizer {ckpt / 'spm.model'}`",
                 ckpt,
             )
         # The checkpoint's languages in its order: all of them and new ones after (added), or the first few.
@@ -322,7 +321,7 @@ def check_resume(saved: dict, cfg: Config, ckpt: Path, tokenizer: Path) -> None:
     """Refuse to resume a run with another value of a setting fixed at its start, or on data prepared with
     another tokenizer than the one its weights learned (one line naming it)."""
     spm = ckpt / "spm.model"
-    if spm.is_file() and spm.read_bytes() != Path(tokenizer).read_bytes():
+    if spm.is_file() and not same_tokenizer(ckpt, tokenizer):
         raise MassError(
             f"the data's tokenizer {tokenizer} is not the one this run was trained with: resume on data "
             f"prepared with `mass prepare --tokenizer {spm}`",
