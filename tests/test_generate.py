@@ -10,7 +10,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from mass.generate import Hypothesis, Sampling, beam_search, greedy_search
+import mass.generate
+from mass.generate import Hypothesis, Sampling, _topk, beam_search, greedy_search
 
 INF = float("inf")
 PAD, BOS, EOS, A, B, C, D = range(7)
@@ -209,6 +210,37 @@ def test_beam_size_one_equals_greedy_on_random_decoder():
         beam = run_beam(fn, len(max_len), beam_size=1, max_len=max_len, min_len=min_len, no_repeat_ngram=ngram)
         assert [h[0].tokens for h in beam] == greedy
         assert any(0 < len(g) < lim for g, lim in zip(greedy, max_len, strict=True))  # some ended on EOS
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 128])
+def test_chunked_topk_equals_torch_topk_with_ties_and_minus_inf(chunk):
+    gen = torch.Generator().manual_seed(chunk)
+    for trial in range(200):
+        rows, length = int(torch.randint(1, 6, (1,))), int(torch.randint(1, 3000, (1,)))
+        k = int(torch.randint(1, min(length, 10) + 1, (1,)))
+        x = torch.randn(rows, length, generator=gen)
+        if trial % 3 == 0:
+            x = (x * 2).round()  # many ties
+        if trial % 4 == 0:
+            x[x < 1] = -INF  # often fewer than k finite values
+        values, index = _topk(x, k, chunk=chunk)
+        assert torch.equal(values, x.topk(k, dim=1).values)
+        assert torch.equal(x.gather(1, index), values)  # the indices point at those values
+        assert all(len(set(row)) == k for row in index.tolist())  # each column taken once
+
+
+def test_beam_search_over_a_large_vocabulary_equals_plain_topk(monkeypatch):
+    # The scripted tests' 7-token vocabulary never reaches the chunked top-k; this one (3 x 5 x 2000) does.
+    fn = random_fn(2000, seed=3, eos_bias=3.0)
+    kwargs = {"beam_size": 5, "max_len": [4, 7, 9], "nbest": 5, "no_repeat_ngram": 2}
+    chunked = run_beam(fn, 3, **kwargs)
+    monkeypatch.setattr(mass.generate, "_topk", lambda x, k: x.topk(k, dim=1))
+    assert summary_all(chunked) == summary_all(run_beam(fn, 3, **kwargs))
+    assert any(len(h.tokens) < 9 for hyps in chunked for h in hyps)  # some ended on EOS
+
+
+def summary_all(results: list[list[Hypothesis]]) -> list[list[tuple[list[int], float]]]:
+    return [[(h.tokens, h.score) for h in hyps] for hyps in results]
 
 
 def replayed_log_prob(fn: LogProbFn, sent: int, tokens: list[int], *, eos: bool) -> float:

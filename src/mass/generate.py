@@ -324,9 +324,31 @@ def _top_candidates(scores: torch.Tensor, num_sentences: int, beam_size: int) ->
     """
     vocab = scores.size(1)
     flat = scores.view(num_sentences, beam_size * vocab)
-    top_scores, top_index = flat.topk(min(2 * beam_size, flat.size(1)), dim=1)  # sorted, best first
+    top_scores, top_index = _topk(flat, min(2 * beam_size, flat.size(1)))  # sorted, best first
     first_row = torch.arange(num_sentences, device=scores.device).unsqueeze(1) * beam_size
     return _Candidates(top_scores, first_row + top_index // vocab, top_index % vocab)
+
+
+def _topk(x: torch.Tensor, k: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k, dim=1)`` for a contiguous (R, L) tensor with k much smaller than L, about 4x faster on CPU.
+
+    torch's CPU top-k sorts (value, index) pairs of the whole row, the largest single cost of a beam search
+    step after the matmuls. Here one max pass finds the k chunks of ``chunk`` columns with the largest maxima;
+    every element of the row's top k lies in one of them (a chunk holding one has a maximum at least as large,
+    and at most k chunks can rank before it), so only those chunks, plus the row's tail that fills no chunk,
+    are ranked exactly. The values equal ``topk``'s; among tied values the indices may differ.
+    """
+    rows, length = x.shape
+    num_chunks = length // chunk
+    if num_chunks <= 4 * k:
+        return x.topk(k, dim=1)
+    maxima = x.as_strided((rows, num_chunks, chunk), (length, chunk, 1)).amax(dim=2)
+    starts = maxima.topk(k, dim=1).indices * chunk  # (R, k) first column of each chunk kept
+    columns = (starts.unsqueeze(2) + torch.arange(chunk, device=x.device)).flatten(1)
+    tail = torch.arange(num_chunks * chunk, length, device=x.device).expand(rows, -1)
+    columns = torch.cat([columns, tail], dim=1)
+    values, picked = x.gather(1, columns).topk(k, dim=1)
+    return values, columns.gather(1, picked)
 
 
 def _finalise(
