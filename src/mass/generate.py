@@ -330,17 +330,19 @@ def _top_candidates(scores: torch.Tensor, num_sentences: int, beam_size: int) ->
 
 
 def _topk(x: torch.Tensor, k: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x.topk(k, dim=1)`` for a contiguous (R, L) tensor with k much smaller than L, about 4x faster on CPU.
+    """``x.topk(k, dim=1)`` for an (R, L) tensor with k much smaller than L, about 4x faster on CPU.
 
-    torch's CPU top-k sorts (value, index) pairs of the whole row, the largest single cost of a beam search
-    step after the matmuls. Here one max pass finds the k chunks of ``chunk`` columns with the largest maxima;
-    every element of the row's top k lies in one of them (a chunk holding one has a maximum at least as large,
-    and at most k chunks can rank before it), so only those chunks, plus the row's tail that fills no chunk,
-    are ranked exactly. The values equal ``topk``'s; among tied values the indices may differ.
+    torch's CPU top-k copies the whole row into (value, index) pairs and partially sorts them: 8% of a beam
+    search's time, the largest cost after the matmuls (on a GPU its radix select is fast and used as is).
+    Here one max pass finds the k chunks of ``chunk`` columns with the largest maxima; every element of the
+    row's top k lies in one of them (a chunk holding one has a maximum at least as large, and at most k
+    chunks can rank before it), so only those chunks, plus the row's tail that fills no chunk, are ranked
+    exactly. The values equal ``topk``'s; among tied values the indices may differ.
     """
+    x = x.contiguous()  # the chunks are read with as_strided
     rows, length = x.shape
     num_chunks = length // chunk
-    if num_chunks <= 4 * k:
+    if num_chunks <= 4 * k or x.device.type != "cpu":
         return x.topk(k, dim=1)
     maxima = x.as_strided((rows, num_chunks, chunk), (length, chunk, 1)).amax(dim=2)
     starts = maxima.topk(k, dim=1).indices * chunk  # (R, k) first column of each chunk kept
