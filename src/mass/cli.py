@@ -110,13 +110,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from mass.config import load_config, to_dict
-    from mass.tasks import get_task, make_evaluator, task_objective
+    from mass.config import load_config
+    from mass.tasks import get_task, make_evaluator, task_objective, task_overrides
     from mass.train import init_overrides, resolve_data_dir, train
 
     task = get_task(args.task)
     config, overrides = _split_config_args(args)
-    defaults = [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()] + [f"data.corpus={task.corpus}"]
+    defaults = task_overrides(task)
     if args.init_from:
         defaults += init_overrides(args.init_from, args.scratch)
     cfg = load_config(config, defaults + overrides)

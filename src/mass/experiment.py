@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from mass.checkpoint import atomic_write_text, latest_checkpoint, load_state
-from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml, to_dict
+from mass.config import ObjectiveConfig, from_dict, load_config, read_yaml
 from mass.errors import MassError
 from mass.plots import read_metrics
 
@@ -125,7 +125,7 @@ def _run_lines(path: Path) -> list[int]:
 
 def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> None:
     from mass import distributed
-    from mass.tasks import get_task, make_evaluator, task_objective
+    from mass.tasks import get_task, make_evaluator, task_objective, task_overrides
     from mass.train import init_overrides, resolve_data_dir, train
 
     if run.steps:
@@ -137,8 +137,7 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
         defaults += init_overrides(root / run.init, run.scratch)
     task = get_task(run.task)
     if run.kind == "finetune":  # validation decodes as the task does (as `mass finetune`), greedy for speed
-        defaults += [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()]
-        defaults += [f"data.corpus={task.corpus}", "generate.beam=1"]
+        defaults += [*task_overrides(task), "generate.beam=1"]
     if run.kind == "unsup":
         defaults += ["data.train_split=unsup", "generate.beam=1"]
     cfg = load_config(None, defaults + common + run.overrides)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mass.batch import seq2seq_batch
-from mass.config import Config, GenerationConfig, ObjectiveConfig
+from mass.config import Config, GenerationConfig, ObjectiveConfig, to_dict
 from mass.data.binarize import DataDir
 from mass.errors import MassError
 from mass.inference import Generator
@@ -56,6 +56,12 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise MassError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
     return TASKS[name]
+
+
+def task_overrides(task: Task) -> list[str]:
+    """Config defaults of a fine-tuning run on `task`: its decoding (validation decodes as evaluation will) and
+    its shipped corpus. `mass finetune` and a study's finetune runs both start from these."""
+    return [f"generate.{k}={v}" for k, v in to_dict(task.generate).items()] + [f"data.corpus={task.corpus}"]
 
 
 def task_objective(task: Task, src: str, tgt: str) -> ObjectiveConfig:
