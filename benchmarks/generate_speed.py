@@ -66,7 +66,7 @@ from mass.data.corpus import prepare_corpus, prepare_embedded
 from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, PAD_ID
 from mass.export import to_bart
 from mass.inference import Generator, load_generator
-from mass.model import PRESETS, MassModel, ModelConfig, count_parameters
+from mass.model import PRESETS, DecoderCache, MassModel, ModelConfig, count_parameters
 
 VOCAB_SIZE = 8000
 LANGS = ["en", "fr"]  # language ids of the model, in this order
@@ -202,13 +202,13 @@ class PhaseTimes:
     def measure(self, run: Callable[[], object]) -> dict[str, float]:
         """Run once with the timers in place, then put everything back."""
         self.seconds, model = {}, self.model
-        make_step, reorder = mass.inference.make_decode_step, mass.inference.reorder_cache
+        make_step, reorder = mass.inference.make_decode_step, DecoderCache.reorder
 
         def make_timed_step(*args, **kwargs):
             return self._timed("decode_step", make_step(*args, **kwargs))
 
         mass.inference.make_decode_step = make_timed_step
-        mass.inference.reorder_cache = self._timed("reorder KV cache", reorder)
+        DecoderCache.reorder = self._timed("reorder KV cache", reorder)
         model.encode = self._timed("encoder", model.encode)
         model.decode = self._timed("decoder layers", model.decode)
         model.logits = self._timed("output projection", model.logits)
@@ -217,7 +217,7 @@ class PhaseTimes:
             run()
         finally:
             total = time.perf_counter() - start
-            mass.inference.make_decode_step, mass.inference.reorder_cache = make_step, reorder
+            mass.inference.make_decode_step, DecoderCache.reorder = make_step, reorder
             for name in ("encode", "decode", "logits"):
                 delattr(model, name)
         s = {"reorder KV cache": 0.0, **self.seconds}  # greedy with nothing finished never reorders

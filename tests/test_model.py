@@ -11,7 +11,7 @@ import torch
 from mass.batch import seq2seq_batch
 from mass.data.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID
 from mass.masking import MaskConfig, mass_batch
-from mass.model import PRESETS, MassModel, base, count_parameters, paper, reorder_cache, small, tiny
+from mass.model import PRESETS, MassModel, base, count_parameters, paper, small, tiny
 from mass.objectives import seq2seq_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,7 +168,7 @@ def test_cached_incremental_decoding_equals_full_decoding(pre_norm):
         cache = model.new_cache()
         stepwise = decode_stepwise(model, dec, pos, lang, memory, memory_mask, cache)
     torch.testing.assert_close(stepwise, full, atol=ATOL, rtol=0)
-    assert all(layer["self_k"].size(2) == dec.size(1) for layer in cache)
+    assert cache.steps == dec.size(1)
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -186,7 +186,7 @@ def test_cached_decoding_continues_correctly_after_reorder(pre_norm):
         memory = model.encode(src, lang)
         cache = model.new_cache()
         decode_stepwise(model, dec[:, :split], pos[:, :split], lang, memory, memory_mask, cache)
-        cache = reorder_cache(cache, index, index)
+        cache.reorder(index, index)
         # Later steps continue with the reordered rows; their tokens may diverge after the split.
         new_dec = dec[index].clone()
         new_dec[1, split:] = torch.randint(NUM_SPECIAL, VOCAB, (dec.size(1) - split,), generator=gen)
@@ -209,11 +209,50 @@ def test_two_reorders_between_steps_compose():
         memory = model.encode(src, lang)
         cache = model.new_cache()
         decode_stepwise(model, dec[:, :2], pos[:, :2], lang, memory, src != PAD_ID, cache)
-        cache = reorder_cache(reorder_cache(cache, first, first), second, second)
+        cache.reorder(first, first)
+        cache.reorder(second, second)
         args = (dec[both], pos[both], lang[both], memory[both], (src != PAD_ID)[both])
         continued = decode_stepwise(model, *args, cache, start=2)
         full = model.decode(*args)
     torch.testing.assert_close(continued, full[:, 2:], atol=ATOL, rtol=0)
+
+
+def test_grouped_cache_follows_beams_reordered_within_sentences_and_sentences_leaving():
+    """Beam search's cache: 3 rows per sentence share one row of encoder states and keep their keys/values in
+    place while rows are reordered within their sentence (`visible` follows each row's history), past the
+    buffer's first capacity; a sentence leaving mid-way. Every step equals the full decoder run over each
+    row's whole history."""
+    model = build(False)
+    gen = torch.Generator().manual_seed(9)
+    group, steps = 3, 40
+    src = random_tokens(gen, [6, 3, 5])
+    sentence_lang = torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        memory = model.encode(src, sentence_lang)
+    mask = src != PAD_ID
+    sentences = torch.arange(3)  # old sentence of each current one
+    rows = sentences.repeat_interleave(group)  # current sentence of each row
+    history = torch.full((len(rows), 1), BOS_ID)
+    cache = model.new_cache(group)
+    for t in range(steps):
+        with torch.no_grad():
+            step = model.decode(history[:, -1:], torch.full((len(rows), 1), t), sentence_lang[rows], memory,
+                                mask, cache)
+            full = model.decode(history, torch.arange(t + 1).expand_as(history), sentence_lang[rows],
+                                memory[rows], mask[rows])
+        torch.testing.assert_close(step[:, 0], full[:, -1], atol=ATOL, rtol=0)
+        keep = torch.arange(len(sentences)) if t != 20 else torch.tensor([0, 2])  # sentence 1 leaves at step 20
+        beams = torch.randint(0, group, (len(keep), group), generator=gen)
+        parents = (keep[:, None] * group + beams).flatten()
+        cache.reorder(parents, keep if t == 20 else None)
+        if t == 20:
+            memory, mask, sentence_lang = memory[keep], mask[keep], sentence_lang[keep]
+            sentences = sentences[keep]
+            rows = torch.arange(len(keep)).repeat_interleave(group)
+        new = torch.randint(NUM_SPECIAL, VOCAB, (len(parents), 1), generator=gen)
+        history = torch.cat([history[parents], new], dim=1)
+    assert cache.steps == steps and cache.layers[0]["self_k"].size(1) >= steps * group > 32 * group
+    assert sentences.tolist() == [0, 2]
 
 
 # --- rows that see nothing -------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from mass.data.tokenizer import BOS_ID, EOS_ID, NEVER_GENERATED, PAD_ID, Tokeniz
 from mass.distributed import pick_device
 from mass.errors import MassError
 from mass.generate import DecodeStep, Hypothesis, Sampling, beam_search, greedy_search
-from mass.model import MassModel, ModelConfig, reorder_cache
+from mass.model import MassModel, ModelConfig
 
 
 def make_decode_step(
@@ -35,22 +35,21 @@ def make_decode_step(
             reorder rows within a sentence and drop whole sentences; the encoder keys/values are then
             kept once per sentence and reordered only when sentences leave.
     """
-    state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(), "step": 0}
+    state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(group)}
 
     def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
         # Rows kept in place (greedy, nothing finished) need no reordering of the cache.
         if parents is not None and not (len(parents) == len(state["lang"]) and bool((parents == state["rows"]).all())):
             dropped = len(parents) != len(state["lang"])
             sentences = parents[::group] // group if dropped or group == 1 else None
-            state["cache"] = reorder_cache(state["cache"], parents, sentences)
+            state["cache"].reorder(parents, sentences)
             if sentences is not None:
                 state["mask"] = state["mask"].index_select(0, sentences)
             state["lang"] = state["lang"].index_select(0, parents)
-        positions = torch.full_like(tokens, state["step"])[:, None]
+        positions = torch.full_like(tokens, state["cache"].steps)[:, None]
         hidden = model.decode(tokens[:, None], positions, state["lang"], state["memory"], state["mask"], state["cache"])
         state["memory"] = None  # its keys and values are cached in every layer now
         state["rows"] = torch.arange(len(tokens), device=tokens.device)
-        state["step"] += 1
         logp = torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
         logp[:, NEVER_GENERATED] = float("-inf")
         return logp

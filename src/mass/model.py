@@ -9,7 +9,7 @@ encoder states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +70,51 @@ def paper() -> ModelConfig:
 
 PRESETS = {"tiny": tiny, "small": small, "base": base, "paper": paper}
 
-# A per-layer cache: self-attention keys/values grow by one step per call; cross-attention keys/values are
-# computed once from the encoder output; "self_rows", when present, is a row selection of the self-attention
-# keys/values still to be applied (by the next step, as it appends).
+# One decoder layer's share of a `DecoderCache`: "self_k"/"self_v" and "cross_k"/"cross_v".
 LayerCache = dict[str, Tensor]
+
+
+@dataclass
+class DecoderCache:
+    """Incremental decoding state: `MassModel.decode` with a cache decodes one step per call.
+
+    A search decodes `group` consecutive rows per sentence (its beams) and between steps may reorder rows
+    within their sentence or drop whole sentences (`reorder`). Keys and values are kept once per sentence:
+    the encoder's ("cross_k"/"cross_v", (N, H, S, D/H)) and the decoder's own ("self_k"/"self_v", a
+    (N, capacity, H, D/H) buffer whose slot t * group + b holds step t of beam b). Self-attention slots are
+    never moved when beams are reordered: `visible` marks which slots make up each row's history, and the
+    rows attend to their sentence's slots through that mask. Reordering beams thus selects rows of a small
+    bool mask instead of copying every layer's keys and values, which was most of beam search's memory traffic.
+    """
+
+    group: int = 1
+    steps: int = 0
+    layers: list[LayerCache] = field(default_factory=list)
+    visible: Tensor | None = None  # (rows, steps * group) bool; None for group 1, where every slot is the row's
+
+    def begin_step(self, rows: int, device: torch.device) -> Tensor | None:
+        """The self-attention mask (N, 1, group, slots) of the step about to run; None for group 1."""
+        if self.group == 1:
+            return None
+        if rows % self.group:
+            raise ValueError(f"{rows} decoder rows are not groups of {self.group}")
+        own = torch.eye(self.group, dtype=torch.bool, device=device).repeat(rows // self.group, 1)
+        self.visible = own if self.visible is None else torch.cat([self.visible, own], dim=1)
+        return self.visible.view(rows // self.group, 1, self.group, -1)
+
+    def reorder(self, rows: Tensor, sentences: Tensor | None) -> None:
+        """Continue each new row from old row `rows[i]`.
+
+        Args:
+            rows: the old row of each new row; it must belong to the new row's sentence.
+            sentences: the old sentence of each new sentence when sentences leave (or repeat); None when
+                rows only move within their sentence, which leaves every key and value where it is.
+        """
+        if self.visible is not None:
+            self.visible = self.visible.index_select(0, rows)
+        if sentences is not None:
+            for layer in self.layers:
+                layer.update({name: t.index_select(0, sentences) for name, t in layer.items()})
 
 
 class Attention(nn.Module):
@@ -92,42 +133,41 @@ class Attention(nn.Module):
         return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
     def forward(
-        self,
-        query: Tensor,
-        keys_values: Tensor | None = None,
-        mask: Tensor | None = None,
-        causal: bool = False,
-        cache: LayerCache | None = None,
-        cache_prefix: str = "",
+        self, query: Tensor, keys_values: Tensor | None = None, mask: Tensor | None = None, causal: bool = False
     ) -> Tensor:
-        """Multi-head attention.
+        """Multi-head attention over whole sequences (training, encoding, decoding without a cache).
 
         Args:
             query: (B, T, D).
-            keys_values: (B', S, D) for cross-attention, where B' = B or B / g for groups of g consecutive
-                query rows sharing one row (a sentence's beams); None for self-attention.
-            mask: (B', 1, 1|T, S) bool, True where attention is allowed.
-            causal: mask future positions (self-attention over a full sequence).
-            cache: incremental decoding state; self-attention appends to it, cross-attention fills it once.
-            cache_prefix: "self_" or "cross_", the cache keys of this attention.
+            keys_values: (B, S, D) for cross-attention; None for self-attention.
+            mask: (B, 1, 1|T, S) bool, True where attention is allowed.
+            causal: mask future positions.
         """
-        q = self._heads(self.q_proj(query))
-        key_k, key_v = cache_prefix + "k", cache_prefix + "v"
-        if cache is not None and cache_prefix == "cross_" and key_k in cache:
-            k, v = cache[key_k], cache[key_v]  # cross-attention: encoder keys computed at the first step
-        else:
-            source = query if keys_values is None else keys_values
-            k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
-            if cache is not None:
-                if keys_values is None and key_k in cache:
-                    rows = cache.pop("self_rows", None)
-                    k, v = _append(cache[key_k], k, rows), _append(cache[key_v], v, rows)
-                cache[key_k], cache[key_v] = k, v
+        source = query if keys_values is None else keys_values
+        k, v = self._heads(self.k_proj(source)), self._heads(self.v_proj(source))
+        return self._attend(self._heads(self.q_proj(query)), k, v, mask, causal)
+
+    def cached_self(self, query: Tensor, layer: LayerCache, slot: int, group: int, mask: Tensor | None) -> Tensor:
+        """Self-attention of one decoding step (B, 1, D): store its keys/values at `slot` of the layer's
+        per-sentence buffers, then attend over the sentence's slots so far, restricted by `mask`."""
+        rows, _, dim = query.shape
+        shape = (rows // group, group, self.num_heads, dim // self.num_heads)
+        k = _store(layer, "self_k", self.k_proj(query).view(shape), slot)
+        v = _store(layer, "self_v", self.v_proj(query).view(shape), slot)
+        return self._attend(self._heads(self.q_proj(query)), k, v, mask, False)
+
+    def cached_cross(self, query: Tensor, memory: Tensor | None, mask: Tensor, layer: LayerCache) -> Tensor:
+        """Cross-attention of one decoding step; the encoder states are projected at the first step only."""
+        if "cross_k" not in layer:
+            layer["cross_k"], layer["cross_v"] = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))
+        return self._attend(self._heads(self.q_proj(query)), layer["cross_k"], layer["cross_v"], mask, False)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        """Queries (B, H, T, D/H) over keys/values (B', H, S, D/H): B' = B, or B / g when consecutive groups
+        of g query rows (a sentence's beams) share one row of keys/values and attend to it together."""
         rows, heads, length, head_dim = q.shape
         sentences = k.size(0)
         if sentences != rows:
-            # Beam search: consecutive groups of rows (a sentence's beams) share one row of encoder keys and
-            # values, so the group's queries attend to it together instead of each row holding a copy.
             q = q.view(sentences, rows // sentences, heads, length, head_dim).transpose(1, 2)
             q = q.reshape(sentences, heads, -1, head_dim)
         out = F.scaled_dot_product_attention(
@@ -138,20 +178,18 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(rows, heads, length, head_dim).transpose(1, 2).reshape(rows, length, -1))
 
 
-def _append(past: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
-    """Cached keys/values (B, H, T, D/H) followed by the newest step's, after selecting `rows` of the cache.
-
-    One copy of the cache per step: selecting the rows writes straight into the grown tensor, where
-    `index_select` then `cat` would copy it twice (the larger part of beam search's cache traffic).
-    """
-    length = past.size(2)
-    out = new.new_empty(new.size(0), new.size(1), length + new.size(2), new.size(3))
-    if rows is None:
-        out[:, :, :length] = past
-    else:
-        torch.index_select(past, 0, rows, out=out[:, :, :length])
-    out[:, :, length:] = new
-    return out
+def _store(layer: LayerCache, name: str, new: Tensor, slot: int) -> Tensor:
+    """Write one step's keys or values (N, group, H, D/H) at `slot` of the layer's (N, capacity, H, D/H)
+    buffer (doubling it when full: no copy per step) and return the filled slots as (N, H, slots, D/H)."""
+    end = slot + new.size(1)
+    buffer = layer.get(name)
+    if buffer is None or buffer.size(1) < end:
+        grown = new.new_empty(new.size(0), max(2 * end, 32 * new.size(1)), *new.shape[2:])
+        if buffer is not None:
+            grown[:, :slot] = buffer[:, :slot]
+        layer[name] = buffer = grown
+    buffer[:, slot:end] = new
+    return buffer[:, :end].transpose(1, 2)
 
 
 class FeedForward(nn.Module):
@@ -203,13 +241,24 @@ class DecoderLayer(nn.Module):
         self.cross_block = Residual(cfg.embed_dim, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Residual(cfg.embed_dim, cfg.dropout, cfg.pre_norm)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor, cache: LayerCache | None) -> Tensor:
-        # With a cache the query is the newest step only, so it may see every cached key: no causal mask.
-        causal = cache is None and x.size(1) > 1
-        x = self.self_block(x, lambda h: self.self_attn(h, causal=causal, cache=cache, cache_prefix="self_"))
-        x = self.cross_block(
-            x, lambda h: self.cross_attn(h, memory, mask=memory_mask, cache=cache, cache_prefix="cross_")
-        )
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        memory_mask: Tensor,
+        cache: DecoderCache | None = None,
+        index: int = 0,
+        self_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Without a cache, whole sequences (causal); with one, the newest step of every row: layer `index`
+        of the cache, `self_mask` from `DecoderCache.begin_step`."""
+        if cache is None:
+            x = self.self_block(x, lambda h: self.self_attn(h, causal=h.size(1) > 1))
+            x = self.cross_block(x, lambda h: self.cross_attn(h, memory, mask=memory_mask))
+        else:
+            layer, slot = cache.layers[index], cache.steps * cache.group
+            x = self.self_block(x, lambda h: self.self_attn.cached_self(h, layer, slot, cache.group, self_mask))
+            x = self.cross_block(x, lambda h: self.cross_attn.cached_cross(h, memory, memory_mask, layer))
         return self.ffn_block(x, self.ffn)
 
 
@@ -283,7 +332,7 @@ class MassModel(nn.Module):
         lang: Tensor,
         memory: Tensor | None,
         memory_mask: Tensor,
-        cache: list[LayerCache] | None = None,
+        cache: DecoderCache | None = None,
     ) -> Tensor:
         """Run the decoder.
 
@@ -294,7 +343,7 @@ class MassModel(nn.Module):
             memory: (B', S, D) encoder states; None once a cache holds their keys and values. B' = B, or
                 B / g when consecutive groups of g rows (a sentence's beams) share one sentence's states.
             memory_mask: (B', S) bool, True for encoder states the decoder may attend to.
-            cache: one dict per layer for incremental decoding (then T is the newest step, usually 1).
+            cache: for incremental decoding (`new_cache`): then T is 1, the newest step of every row.
 
         Returns:
             (B, T, D) hidden states; `logits()` turns them into vocabulary scores.
@@ -308,8 +357,16 @@ class MassModel(nn.Module):
             memory_mask = memory_mask | empty[:, None]
         mask = memory_mask[:, None, None, :]
         x = self._embed(tokens, positions, lang, self.decoder_norm)
-        for i, layer in enumerate(self.decoder_layers):
-            x = layer(x, memory, mask, None if cache is None else cache[i])
+        if cache is None:
+            for layer in self.decoder_layers:
+                x = layer(x, memory, mask)
+        else:
+            if tokens.size(1) != 1:
+                raise ValueError(f"a cache decodes one step per call, not {tokens.size(1)}")
+            self_mask = cache.begin_step(tokens.size(0), tokens.device)
+            for i, layer in enumerate(self.decoder_layers):
+                x = layer(x, memory, mask, cache, i, self_mask)
+            cache.steps += 1
         return self.decoder_norm(x) if self.cfg.pre_norm else x
 
     def logits(self, hidden: Tensor) -> Tensor:
@@ -339,30 +396,9 @@ class MassModel(nn.Module):
         hidden = self.decode(dec_tokens, dec_positions, tgt_lang, memory, memory_mask)
         return self.logits(hidden if output_mask is None else hidden[output_mask])
 
-    def new_cache(self) -> list[LayerCache]:
-        return [{} for _ in self.decoder_layers]
-
-
-def reorder_cache(cache: list[LayerCache], rows: Tensor, sentences: Tensor | None) -> list[LayerCache]:
-    """Select rows of the cache after a search step.
-
-    Args:
-        rows: for the self-attention keys/values, one per decoder row (beams duplicated, finished dropped).
-        sentences: for the cross-attention ones, one per row of encoder states; None keeps them as they are
-            (beam search reorders only within a sentence, whose beams share them).
-    """
-
-    def reorder(layer: LayerCache) -> LayerCache:
-        out = dict(layer)
-        if sentences is not None:
-            out.update({name: t.index_select(0, sentences) for name, t in layer.items() if name.startswith("cross_")})
-        # The self-attention keys/values are selected when the next step appends to them (`_append`).
-        if "self_k" in layer:
-            pending = layer.get("self_rows")
-            out["self_rows"] = rows if pending is None else pending.index_select(0, rows)
-        return out
-
-    return [reorder(layer) for layer in cache]
+    def new_cache(self, group: int = 1) -> DecoderCache:
+        """An empty cache for decoding `group` consecutive rows per sentence (the beam size; 1 for greedy)."""
+        return DecoderCache(group, layers=[{} for _ in self.decoder_layers])
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -391,7 +427,7 @@ __all__ = [
     "small",
     "base",
     "paper",
-    "reorder_cache",
+    "DecoderCache",
     "count_parameters",
     "matmul_flops_per_token",
 ]
