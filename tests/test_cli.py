@@ -277,6 +277,26 @@ def test_finetune_scores_the_translate_objective_of_its_config(run_dir, data_dir
     assert "bleu" in last and "loss_mass_fr" in read_log(run)[0]
 
 
+def test_finetune_rerun_resumes_after_the_pretrained_run_is_deleted(run_dir, data_dir, tmp_path, capsys):
+    """The same `mass finetune --from RUN ...` command resumes its run once RUN is gone: nothing of RUN is
+    needed after the first checkpoint. Without a checkpoint of its own, a missing RUN is a one-line error."""
+    source = tmp_path / "pretrain"
+    shutil.copytree(run_dir, source)
+    run = tmp_path / "ft"
+    overrides = [o for o in tiny_overrides(data_dir, run, "train.save_interval=1") if not o.startswith("model.")]
+    command = ["finetune", "--from", str(source), "--src", "fr", "--tgt", "en", *overrides]
+    assert main([*command, "train.max_steps=1"]) == 0
+    started = read_checkpoint_config(latest_checkpoint(run))["init_from"]
+    shutil.rmtree(source)
+    assert main([*command, "train.max_steps=2"]) == 0
+    assert sorted(r["step"] for r in read_log(run) if "loss" in r) == [1, 2]
+    assert read_checkpoint_config(latest_checkpoint(run))["init_from"] == started
+    other = [o.replace(f"run_dir={run}", f"run_dir={tmp_path / 'new'}") for o in command]
+    capsys.readouterr()
+    assert main([*other, "train.max_steps=1"]) == 1
+    assert "no checkpoint found" in one_line_error(capsys, "finetune")
+
+
 def test_finetune_then_generate_writes_one_line_per_input(finetuned, tmp_path):
     src = tmp_path / "in.fr"
     write_lines(src, ["le chat dort", "la maison est grande", "un"])

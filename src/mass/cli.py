@@ -118,7 +118,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config, overrides = _split_config_args(args)
     defaults = task_overrides(task)
     if args.init_from:
-        defaults += init_overrides(args.init_from, args.scratch)
+        run_dir = load_config(config, defaults + overrides).run_dir
+        defaults += init_overrides(args.init_from, args.scratch, run_dir)
     cfg = load_config(config, defaults + overrides)
     asked = bool(args.src or args.tgt)
     _direction(args, cfg.data.langs, args.task)
@@ -148,7 +149,7 @@ def cmd_unsup(args: argparse.Namespace) -> None:
     config, overrides = _split_config_args(args)
     defaults = ["data.train_split=unsup", "generate.beam=1"]
     if args.init_from:
-        defaults += init_overrides(args.init_from)
+        defaults += init_overrides(args.init_from, run_dir=load_config(config, defaults + overrides).run_dir)
     cfg = load_config(config, defaults + overrides)
     if len(cfg.data.langs) != 2:
         raise MassError(f"unsupervised MT needs two languages, not data.langs={cfg.data.langs}")

@@ -134,7 +134,7 @@ def _train_run(run: RunSpec, run_dir: Path, common: list[str], root: Path) -> No
         budget = [f"train.time_budget={run.minutes}", "train.max_steps=1000000"]
     defaults = [f"run_dir={run_dir}", *budget]
     if run.init:
-        defaults += init_overrides(root / run.init, run.scratch)
+        defaults += init_overrides(root / run.init, run.scratch, run_dir)
     task = get_task(run.task)
     if run.kind == "finetune":  # validation decodes as the task does (as `mass finetune`), greedy for speed
         defaults += [*task_overrides(task), "generate.beam=1"]

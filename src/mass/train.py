@@ -97,12 +97,21 @@ def resolve_data_dir(cfg: Config, info: distributed.DistInfo) -> DataDir:
     return load_data_dir(path)
 
 
-def init_overrides(init_from: str | Path, scratch: bool = False) -> list[str]:
+def init_overrides(init_from: str | Path, scratch: bool = False, run_dir: str | Path | None = None) -> list[str]:
     """Config overrides that start a run from a checkpoint: its path and its languages, in its order
-    (the architecture and tokenizer follow from the checkpoint); `scratch` keeps its weights out."""
-    ckpt = resolve_checkpoint(init_from)
-    langs = read_checkpoint_config(ckpt)["data"]["langs"]
-    return [f"init_from={ckpt}", f"data.langs=[{','.join(langs)}]", f"scratch={str(scratch).lower()}"]
+    (the architecture and tokenizer follow from the checkpoint); `scratch` keeps its weights out.
+
+    A rerun of the same command resumes `run_dir` from its own checkpoints, which need nothing from
+    `init_from`: if that is gone by then (a deleted pre-training run), the run's saved start is used.
+    """
+    own = latest_checkpoint(Path(run_dir)) if run_dir else None
+    if own is not None and not Path(init_from).exists():
+        saved = read_checkpoint_config(own)
+        start, langs = saved["init_from"], saved["data"]["langs"]
+    else:
+        ckpt = resolve_checkpoint(init_from)
+        start, langs = ckpt, read_checkpoint_config(ckpt)["data"]["langs"]
+    return [f"init_from={start}", f"data.langs=[{','.join(langs)}]", f"scratch={str(scratch).lower()}"]
 
 
 def default_objectives(cfg: Config) -> list[ObjectiveConfig]:
