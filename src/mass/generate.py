@@ -65,6 +65,11 @@ class Hypothesis:
         """The hypothesis with its ``score`` computed from ``log_prob`` (the one place for the formula)."""
         return cls(tokens, log_prob / (len(tokens) + 1) ** length_penalty, log_prob)
 
+    @classmethod
+    def empty(cls) -> Hypothesis:
+        """The stand-in for an output that never finished (every continuation banned): no tokens, -inf."""
+        return cls([], NEG_INF, NEG_INF)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Helpers shared by both searches
@@ -231,7 +236,7 @@ def greedy_search(
         between log-probabilities, and but for the EOS log-prob that beam search adds at ``max_len``).
     """
     device = torch.device(device)
-    results: list[Hypothesis] = [Hypothesis([], NEG_INF, NEG_INF) for _ in range(batch_size)]
+    results: list[Hypothesis] = [Hypothesis.empty() for _ in range(batch_size)]
     limits = _per_sentence_limits(max_len, batch_size, device)  # (R,) follows the live rows
     sent_ids = torch.arange(batch_size, device=device)  # (R,) original sentence of each live row
     history = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (R, step)
@@ -403,7 +408,7 @@ def _non_eos_first(is_eos: torch.Tensor, beam_size: int) -> torch.Tensor:
 def _best(hyps: list[Hypothesis], nbest: int) -> list[Hypothesis]:
     """The ``nbest`` highest-scoring hypotheses (stable for ties), or the -inf placeholder if none."""
     if not hyps:
-        return [Hypothesis([], NEG_INF, NEG_INF)]
+        return [Hypothesis.empty()]
     return sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -177,7 +176,7 @@ class Generator:
         )
         # Fewer than nbest may finish (a max length of 0, every continuation banned): pad with the empty -inf
         # placeholder, so that there are always nbest outputs per input and output i * nbest is input i's.
-        return [hyps + [Hypothesis([], -math.inf, -math.inf)] * (cfg.nbest - len(hyps)) for hyps in found]
+        return [hyps + [Hypothesis.empty() for _ in range(cfg.nbest - len(hyps))] for hyps in found]
 
     def translate(
         self,
