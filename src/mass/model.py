@@ -340,8 +340,8 @@ class MassModel(nn.Module):
             tokens: (B, T) decoder input tokens, right-padded.
             positions: (B, T) their position ids (a MASS fragment keeps its original positions).
             lang: (B,) target language ids.
-            memory: (B', S, D) encoder states; None once a cache holds their keys and values. B' = B, or
-                B / g when consecutive groups of g rows (a sentence's beams) share one sentence's states.
+            memory: (B', S, D) encoder states; None once a cache holds their keys and values. B' = B, or with
+                a cache B / g when consecutive groups of g rows (a sentence's beams) share one sentence's states.
             memory_mask: (B', S) bool, True for encoder states the decoder may attend to.
             cache: for incremental decoding (`new_cache`): then T is 1, the newest step of every row.
 
