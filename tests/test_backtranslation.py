@@ -53,10 +53,12 @@ def sentences_of(lengths: list[int], seed: int = 0) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reference_translation(model: MassModel, sentence: list[int], lang: int, via_lang: int) -> list[int]:
+def reference_translation(
+    model: MassModel, sentence: list[int], lang: int, via_lang: int, banned: tuple[int, ...] = ()
+) -> list[int]:
     """Greedy translation of one sentence by full forward passes (no cache, no search code), in eval mode:
-    EOS is not allowed first (at least one token), PAD/BOS/MASK never, and at most int(1.3 * len + 5) tokens are
-    generated."""
+    EOS is not allowed first (at least one token), PAD/BOS/MASK and `banned` never, and at most
+    int(1.3 * len + 5) tokens are generated."""
     was_training = model.training
     model.eval()
     src = torch.tensor([sentence + [EOS_ID]])
@@ -65,7 +67,7 @@ def reference_translation(model: MassModel, sentence: list[int], lang: int, via_
         dec = torch.tensor([[BOS_ID] + out])
         logits = model(src, torch.tensor([lang]), dec, torch.arange(dec.size(1))[None], torch.tensor([via_lang]))
         scores = logits[0, -1]
-        scores[list(NEVER_GENERATED)] = -math.inf
+        scores[list(NEVER_GENERATED) + list(banned)] = -math.inf
         if not out:
             scores[EOS_ID] = -math.inf
         token = int(scores.argmax())
@@ -147,6 +149,23 @@ def test_gradients_flow_only_through_the_reconstruction():
     assert "embed.tokens.weight" in bt_grads and "encoder_layers.0.self_attn.q_proj.weight" in bt_grads
     for name, grad in bt_grads.items():
         torch.testing.assert_close(grad, hand_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_banned_subwords_never_appear_in_the_translation():
+    """`restrict_vocab`'s mechanism: the greedy search picks the best subword that is not banned."""
+    model = build(seed=5).eval()
+    sentences = sentences_of([6, 3, 8, 5], seed=4)
+    free = [reference_translation(model, s, EN, FR) for s in sentences]
+    banned = tuple(sorted({t for sentence in free for t in sentence[:2]}))  # the first tokens chosen freely
+    mask = torch.zeros(VOCAB, dtype=torch.bool)
+    mask[list(banned)] = True
+
+    batch = back_translate(model, sentences, EN, FR, banned=mask)
+    translations = rows(batch.src_tokens)
+    assert translations == [reference_translation(model, s, EN, FR, banned) + [EOS_ID] for s in sentences]
+    assert not {t for row in translations for t in row} & set(banned)
+    assert translations != [t + [EOS_ID] for t in free]
+    assert rows(batch.target) == [s + [EOS_ID] for s in sentences]  # the sentences to recover keep every subword
 
 
 def test_translation_length_limits():
@@ -243,6 +262,49 @@ def test_train_with_a_bt_objective_on_the_unsup_split(data_dir, tmp_path, precis
         assert 0 < r["bt_generation_share"] < 1
     # The bt objective is validated on the parallel valid split, as en -> fr translation.
     assert math.isfinite(metrics["valid_ppl_en-fr"]) and math.isfinite(metrics["valid_ppl_mass_en"])
+
+
+def test_restrict_vocab_bans_the_subwords_never_seen_in_the_target_language(data_dir, tmp_path, monkeypatch):
+    from mass import train as train_module
+    from mass.data.binarize import load_data_dir
+
+    seen_masks = []
+
+    def recording(model, sentences, lang, via_lang, banned=None):
+        seen_masks.append((via_lang, banned))
+        return back_translate(model, sentences, lang, via_lang, banned=banned)
+
+    monkeypatch.setattr(train_module, "back_translate", recording)
+    objectives = [
+        {"name": "bt", "src": "en", "tgt": "fr", "restrict_vocab": True},
+        {"name": "bt", "src": "fr", "tgt": "en"},
+    ]
+    cfg = tiny_config(
+        data_dir,
+        tmp_path / "run",
+        "data.train_split=unsup",
+        "train.max_steps=2",
+        "train.eval_interval=100",
+        "train.save_interval=100",
+        path=write_config(tmp_path / "run.yaml", objectives),
+    )
+    train(cfg)
+
+    data = load_data_dir(data_dir)
+    fr_tokens = {t for i in range(len(data.array("unsup", "fr"))) for t in data.array("unsup", "fr")[i].tolist()}
+    expected = torch.tensor([t not in fr_tokens and t != EOS_ID for t in range(data.vocab_size)])
+    masks = dict(seen_masks)
+    assert len(seen_masks) == 4 and masks.keys() == {0, 1}  # two updates, one step per direction
+    assert torch.equal(masks[1], expected)  # en -> fr: only subwords of the French text
+    assert 0 < int(expected.sum()) < data.vocab_size - NUM_SPECIAL
+    assert masks[0] is None  # fr -> en was not restricted
+
+
+def test_restrict_vocab_is_for_back_translation_only():
+    from mass.config import ObjectiveConfig
+
+    with pytest.raises(ValueError, match="restrict_vocab is for bt objectives"):
+        ObjectiveConfig(name="mass", lang="en", restrict_vocab=True)
 
 
 def test_validation_scores_both_directions_and_their_mean(data_dir, tmp_path):

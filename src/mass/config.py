@@ -144,7 +144,8 @@ class ObjectiveConfig:
     into French, learn to recover the English.
     The data files default to the language names (`train.fr`, `train.en`); `src_data`/`tgt_data` name
     other sides, e.g. `src` and `tgt` for summarization, where both sides are English. The weight
-    scales the loss.
+    scales the loss. `restrict_vocab` (bt only) lets the translation use only subwords seen in `tgt`'s
+    training text, so that it cannot copy words of the sentence it is to recover (UnsupervisedMT's --vocab).
     """
 
     name: str = "mass"
@@ -155,6 +156,7 @@ class ObjectiveConfig:
     tgt_data: str = ""
     weight: float = 1.0
     every: int = 1  # run on every n-th update only: sets the proportions of the schedule
+    restrict_vocab: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -166,6 +168,8 @@ class ObjectiveConfig:
             raise ValueError(f"a {self.name} objective takes src and tgt, not lang")
         elif self.name == "bt" and (self.src == self.tgt or self.tgt_data):
             raise ValueError("a bt objective goes through another language: src and tgt must differ, no tgt_data")
+        if self.restrict_vocab and self.name != "bt":
+            raise ValueError(f"restrict_vocab is for bt objectives, not {self.name}")
         if not self.weight > 0 or self.every < 1:
             raise ValueError(f"need weight > 0 and every >= 1, not weight {self.weight}, every {self.every}")
 

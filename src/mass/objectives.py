@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mass.batch import Batch, pad_sequences, seq2seq_batch
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from mass.generate import DecodeStep, greedy_search
 from mass.model import MassModel
 
 
@@ -67,6 +68,7 @@ def back_translate(
     via_lang: int,
     max_len_a: float = 1.3,
     max_len_b: int = 5,
+    banned: Tensor | None = None,
 ) -> Batch:
     """On-the-fly back-translation: the batch that teaches the model to recover `sentences` from its own
     translation of them into `via_lang`.
@@ -76,8 +78,8 @@ def back_translate(
 
     Args:
         sentences: monolingual sentences in language `lang`, without BOS/EOS.
+        banned: (V,) bool, subwords the translation may not contain (those never seen in `via_lang`).
     """
-    from mass.generate import greedy_search
     from mass.inference import make_decode_step
 
     was_training = model.training
@@ -89,6 +91,8 @@ def back_translate(
         src = pad_sequences([s + [EOS_ID] for s in sentences]).to(device)
         memory = model.encode(src, torch.full((len(sentences),), lang, device=device))
         step = make_decode_step(model, memory, src != PAD_ID, torch.full((len(sentences),), via_lang, device=device))
+        if banned is not None:
+            step = _banning(step, banned.to(device))
         max_len = [min(int(max_len_a * len(s) + max_len_b), limit) for s in sentences]
         translations = greedy_search(
             step, len(sentences), bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len, min_len=1, device=device
@@ -96,3 +100,12 @@ def back_translate(
     finally:
         model.train(was_training)
     return seq2seq_batch([h.tokens for h in translations], sentences, via_lang, lang)
+
+
+def _banning(decode_step: DecodeStep, banned: Tensor) -> DecodeStep:
+    """`decode_step` with the `banned` subwords' log-probs set to -inf."""
+
+    def step(tokens: Tensor, parents: Tensor | None) -> Tensor:
+        return decode_step(tokens, parents).masked_fill_(banned, float("-inf"))
+
+    return step

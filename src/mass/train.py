@@ -50,6 +50,7 @@ from mass.data.streams import (
     pair_lengths,
     sentence_collate,
 )
+from mass.data.tokenizer import EOS_ID
 from mass.errors import MassError
 from mass.metrics import perplexity
 from mass.model import MassModel, ModelConfig
@@ -192,7 +193,12 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
             collate = sentence_collate(array)
             lengths = array.lengths
             name = f"bt_{obj.src}-{obj.tgt}-{obj.src}"
-            back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt])
+            banned = None
+            if obj.restrict_vocab:
+                seen = data.array(cfg.data.train_split, obj.tgt_side).token_counts(data.vocab_size) > 0
+                banned = torch.from_numpy(~seen)
+                banned[EOS_ID] = False
+            back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt], banned=banned)
         if name in {o.name for o in out}:  # its log keys and its saved data position would be another's
             raise MassError(f"two objectives are both {name}: list it once (weight and every set its share)")
         examples = kept_examples(lengths, cfg.data.min_len, max_len(cfg), cfg.data.first_n)
@@ -230,8 +236,10 @@ def _monolingual(
     return objective_name(obj), collate, array.lengths
 
 
-def _back_translate(model: MassModel, sentences: list, lang: int, via_lang: int) -> Batch:
-    return back_translate(model, sentences, lang, via_lang)
+def _back_translate(
+    model: MassModel, sentences: list, lang: int, via_lang: int, banned: torch.Tensor | None = None
+) -> Batch:
+    return back_translate(model, sentences, lang, via_lang, banned=banned)
 
 
 def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:

@@ -220,6 +220,10 @@ class TokenArray:
             self._lengths = np.diff(self._offsets).astype(np.int64)
         return self._lengths
 
+    def token_counts(self, vocab_size: int) -> np.ndarray:
+        """How often each token id occurs in the corpus, (vocab_size,) int64."""
+        return np.bincount(self._tokens, minlength=vocab_size)
+
     @property
     def num_tokens(self) -> int:
         return int(self._offsets[-1])
