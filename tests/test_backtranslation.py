@@ -300,6 +300,34 @@ def test_restrict_vocab_bans_the_subwords_never_seen_in_the_target_language(data
     assert masks[0] is None  # fr -> en was not restricted
 
 
+def test_copied_pieces_script_counts_subwords_unseen_in_the_target_language(data_dir, tmp_path):
+    """scripts/copied_pieces.py (RESULTS.md's copied-subword figures) on a run whose "outputs" are known."""
+    import subprocess
+    import sys
+
+    from mass.data.binarize import load_data_dir
+
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, run, "data.train_split=unsup", "train.max_steps=1", "train.save_interval=1"))
+    data = load_data_dir(data_dir)
+    tokenizer = data.tokenizer()
+    french = [tokenizer.decode(data.array("unsup", "fr")[i].tolist()) for i in range(5)]
+    english = [tokenizer.decode(data.array("unsup", "en")[i].tolist()) for i in range(5)]
+    (run / "eval").mkdir()
+    (run / "eval" / "mt-en-fr-test-first5.hyp.txt").write_text("\n".join(french + english) + "\n")
+
+    seen = data.array("unsup", "fr").token_counts(data.vocab_size) > 0
+    pieces = [i for line in french + english for i in tokenizer.encode(line)]
+    expected = 100 * sum(not seen[i] for i in pieces) / len(pieces)
+    assert 0 < expected < 50  # French text is all seen, the English half partly not
+
+    script = Path(__file__).parents[1] / "scripts" / "copied_pieces.py"
+    out = subprocess.run([sys.executable, str(script), str(run)], capture_output=True, text=True, check=True).stdout
+    row = next(line for line in out.splitlines() if "en→fr" in line)
+    assert row.split("|")[3].strip() == str(len(pieces))
+    assert row.split("|")[4].strip() == f"{expected:.1f}%"
+
+
 def test_restrict_vocab_is_for_back_translation_only():
     from mass.config import ObjectiveConfig
 
