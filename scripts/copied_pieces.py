@@ -14,8 +14,7 @@ from pathlib import Path
 
 from mass.checkpoint import read_checkpoint_config, resolve_checkpoint
 from mass.config import Config, from_dict
-from mass.data.binarize import load_data_dir
-from mass.data.corpus import prepare_corpus
+from mass.evaluate import checkpoint_data
 
 
 def main(runs: list[str]) -> None:
@@ -24,7 +23,7 @@ def main(runs: list[str]) -> None:
     for run in runs:
         ckpt = resolve_checkpoint(Path(run))
         cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
-        data = load_data_dir(cfg.data.dir or prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
+        data = checkpoint_data(ckpt, cfg)
         tokenizer = data.tokenizer()
         for hyp in sorted((Path(run) / "eval").glob("mt-*-*.hyp.txt")):
             src, tgt = hyp.name.split("-")[1:3]

@@ -118,8 +118,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     config, overrides = _split_config_args(args)
     defaults = task_overrides(task)
     if args.init_from:
-        run_dir = load_config(config, defaults + overrides).run_dir
-        defaults += init_overrides(args.init_from, args.scratch, run_dir)
+        defaults += init_overrides(args.init_from, args.scratch, load_config(config, defaults + overrides).run_dir)
     cfg = load_config(config, defaults + overrides)
     asked = bool(args.src or args.tgt)
     _direction(args, cfg.data.langs, args.task)

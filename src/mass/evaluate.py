@@ -22,7 +22,7 @@ from mass.checkpoint import (
     same_tokenizer,
 )
 from mass.config import Config, GenerationConfig, from_dict
-from mass.data.binarize import load_data_dir
+from mass.data.binarize import DataDir, load_data_dir
 from mass.data.corpus import export_corpus, prepare_corpus
 from mass.data.streams import VALID_SEED, fixed_batches, kept_examples, mass_collate
 from mass.errors import MassError
@@ -44,22 +44,25 @@ def shipped_pairs(corpus: str, split: str, src_side: str, tgt_side: str) -> tupl
         return read_source_lines(src_path), read_source_lines(tgt_path)
 
 
-def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int = 0) -> dict[str, float | int]:
-    """MASS perplexity with the checkpoint's own masking config, length limit and fixed seed, as in training:
-    on the first `data.valid_sentences` of the validation split it is the training log's validation value."""
-    cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
-    generator = load_generator(ckpt, device)
-    data = (
-        load_data_dir(cfg.data.dir)
-        if cfg.data.dir
-        else load_data_dir(prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
-    )
+def checkpoint_data(ckpt: Path, cfg: Config) -> DataDir:
+    """The binarized data a checkpoint was trained on (`cfg` is its config): the run's data directory, or
+    the shipped corpus tokenized with the checkpoint's own tokenizer."""
+    data = load_data_dir(cfg.data.dir or prepare_corpus(cfg.data.corpus, ckpt / "spm.model"))
     if not same_tokenizer(ckpt, data.tokenizer_path):
         raise MassError(
             f"the run's data directory {data.path} was prepared again with another tokenizer since this "
             f"checkpoint was trained: prepare it with `mass prepare --tokenizer {ckpt / 'spm.model'}`",
             ckpt,
         )
+    return data
+
+
+def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int = 0) -> dict[str, float | int]:
+    """MASS perplexity with the checkpoint's own masking config, length limit and fixed seed, as in training:
+    on the first `data.valid_sentences` of the validation split it is the training log's validation value."""
+    cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
+    generator = load_generator(ckpt, device)
+    data = checkpoint_data(ckpt, cfg)
     array = data.array(split, lang)
     examples = kept_examples(array.lengths, 1, max_len(cfg), limit=limit)  # the sentences training validates on
     collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)

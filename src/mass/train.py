@@ -198,7 +198,7 @@ def build_objectives(cfg: Config, data: DataDir, info: distributed.DistInfo) -> 
                 seen = data.array(cfg.data.train_split, obj.tgt_side).token_counts(data.vocab_size) > 0
                 banned = torch.from_numpy(~seen)
                 banned[EOS_ID] = False
-            back = partial(_back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt], banned=banned)
+            back = partial(back_translate, lang=lang_ids[obj.src], via_lang=lang_ids[obj.tgt], banned=banned)
         if name in {o.name for o in out}:  # its log keys and its saved data position would be another's
             raise MassError(f"two objectives are both {name}: list it once (weight and every set its share)")
         examples = kept_examples(lengths, cfg.data.min_len, max_len(cfg), cfg.data.first_n)
@@ -234,12 +234,6 @@ def _monolingual(
     else:
         collate = dae_collate(array, lang_ids[obj.lang], cfg.noise)
     return objective_name(obj), collate, array.lengths
-
-
-def _back_translate(
-    model: MassModel, sentences: list, lang: int, via_lang: int, banned: torch.Tensor | None = None
-) -> Batch:
-    return back_translate(model, sentences, lang, via_lang, banned=banned)
 
 
 def build_validation(cfg: Config, data: DataDir) -> dict[str, list[Batch]]:
