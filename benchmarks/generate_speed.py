@@ -152,10 +152,11 @@ def _until_eos(tokens: list[int]) -> list[int]:
 def generation_flops(cfg: ModelConfig, src_len: int, batch: int, rows: int, steps: int) -> float:
     """Matmul FLOPs of decoding `batch` sentences padded to `src_len` with `rows` search rows for `steps` steps.
 
-    Encoder once per sentence; the cross-attention keys/values once per row (as Hugging Face computes them;
-    this project computes them once per sentence, so for beam search its own ceiling is a few percent higher
-    than this one); per row and step: self-attention q/k/v/out, cross-attention q/out, feed-forward,
-    attention scores and values over the steps so far and the source, and the output projection.
+    Encoder once per sentence; the cross-attention keys/values once per row and every step for all rows (as
+    Hugging Face computes them; this project computes the keys/values once per sentence and a beam search's
+    first step once per sentence, so for beam search its own ceiling is a few percent higher than this one);
+    per row and step: self-attention q/k/v/out, cross-attention q/out, feed-forward, attention scores and
+    values over the steps so far and the source, and the output projection.
     """
     d, f, s = cfg.embed_dim, cfg.ffn_dim, src_len
     encoder = batch * s * cfg.encoder_layers * (2 * 4 * d * d + 2 * 2 * d * f + 2 * 2 * s * d)

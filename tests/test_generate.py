@@ -28,9 +28,8 @@ class ScriptedDecoder:
     so a search that passes wrong parents gets wrong log-probs and wrong results.
     """
 
-    def __init__(self, fn: LogProbFn, rows_per_sentence: int):
+    def __init__(self, fn: LogProbFn):
         self.fn = fn
-        self.rows_per_sentence = rows_per_sentence
         self.states: list[tuple[int, tuple[int, ...]]] = []
         self.rows_per_call: list[int] = []
 
@@ -38,7 +37,7 @@ class ScriptedDecoder:
         toks = tokens.tolist()
         if parents is None:
             assert all(t == BOS for t in toks)
-            self.states = [(i // self.rows_per_sentence, ()) for i in range(len(toks))]
+            self.states = [(i, ()) for i in range(len(toks))]  # one row per sentence
         else:
             assert parents.shape == tokens.shape
             self.states = [
@@ -77,13 +76,11 @@ def random_fn(vocab: int, seed: int = 0, eos_bias: float = 0.0) -> LogProbFn:
 
 
 def run_beam(fn: LogProbFn, batch_size: int = 1, *, beam_size: int, **kwargs) -> list[list[Hypothesis]]:
-    return beam_search(
-        ScriptedDecoder(fn, beam_size), batch_size, beam_size=beam_size, bos_id=BOS, eos_id=EOS, **kwargs
-    )
+    return beam_search(ScriptedDecoder(fn), batch_size, beam_size=beam_size, bos_id=BOS, eos_id=EOS, **kwargs)
 
 
 def greedy_hyps(fn: LogProbFn, batch_size: int = 1, **kwargs) -> list[Hypothesis]:
-    return greedy_search(ScriptedDecoder(fn, 1), batch_size, bos_id=BOS, eos_id=EOS, **kwargs)
+    return greedy_search(ScriptedDecoder(fn), batch_size, bos_id=BOS, eos_id=EOS, **kwargs)
 
 
 def run_greedy(fn: LogProbFn, batch_size: int = 1, **kwargs) -> list[list[int]]:
@@ -130,9 +127,9 @@ def test_length_penalty_orders_finished_hypotheses(length_penalty, expected):
 def test_sentence_with_beam_finished_hypotheses_stops():
     # Early stopping: after step 2 the sentence has 2 finished hypotheses, so no fourth call is made even
     # though live beams remain (and [a c d] would score better with a strong length penalty).
-    decoder = ScriptedDecoder(TABLE, 2)
+    decoder = ScriptedDecoder(TABLE)
     beam_search(decoder, 1, beam_size=2, bos_id=BOS, eos_id=EOS, max_len=10)
-    assert decoder.rows_per_call == [2, 2, 2]
+    assert decoder.rows_per_call == [1, 2, 2]  # the first step once per sentence, then once per beam
     assert decoder.states == [(0, (A, C)), (0, (B, C))]  # the last call saw the live beams "a c", "b c"
 
 
@@ -275,7 +272,7 @@ def test_greedy_and_sampled_hypotheses_carry_their_log_prob_and_score(length_pen
 def test_batch_results_equal_single_sentence_results_and_rows_shrink():
     fn = random_fn(10, seed=2, eos_bias=1.5)
     max_len = [2, 9, 4, 15, 6]
-    decoder = ScriptedDecoder(fn, 3)
+    decoder = ScriptedDecoder(fn)
     batch = beam_search(decoder, 5, beam_size=3, bos_id=BOS, eos_id=EOS, max_len=max_len, nbest=3, no_repeat_ngram=2)
     for i, limit in enumerate(max_len):
 
@@ -285,10 +282,10 @@ def test_batch_results_equal_single_sentence_results_and_rows_shrink():
         assert batch[i] == run_beam(alone, beam_size=3, max_len=limit, nbest=3, no_repeat_ngram=2)[0]
     # Finished sentences are compacted away: the work only shrinks, down to the longest sentence alone.
     rows = decoder.rows_per_call
-    assert rows[0] == 15 and rows[-1] <= 3
-    assert all(later <= earlier for earlier, later in itertools.pairwise(rows))
+    assert rows[:2] == [5, 15] and rows[-1] <= 3
+    assert all(later <= earlier for earlier, later in itertools.pairwise(rows[1:]))
 
-    greedy_decoder = ScriptedDecoder(fn, 1)
+    greedy_decoder = ScriptedDecoder(fn)
     greedy = [h.tokens for h in greedy_search(greedy_decoder, 5, bos_id=BOS, eos_id=EOS, max_len=max_len)]
     assert greedy == [run_greedy(lambda s, p, i=i: fn(i, p), max_len=m)[0] for i, m in enumerate(max_len)]
     rows = greedy_decoder.rows_per_call

@@ -217,11 +217,12 @@ def test_two_reorders_between_steps_compose():
     torch.testing.assert_close(continued, full[:, 2:], atol=ATOL, rtol=0)
 
 
-def test_grouped_cache_follows_beams_reordered_within_sentences_and_sentences_leaving():
+@pytest.mark.parametrize("first_width", [1, 3])
+def test_grouped_cache_follows_beams_reordered_within_sentences_and_sentences_leaving(first_width):
     """Beam search's cache: 3 rows per sentence share one row of encoder states and keep their keys/values in
     place while rows are reordered within their sentence (`visible` follows each row's history), past the
-    buffer's first capacity; a sentence leaving mid-way. Every step equals the full decoder run over each
-    row's whole history."""
+    buffer's first capacity; a sentence leaving mid-way. The first step has one row per sentence (as beam
+    search decodes it) or all 3. Every step equals the full decoder run over each row's whole history."""
     model = build(False)
     gen = torch.Generator().manual_seed(9)
     group, steps = 3, 40
@@ -230,22 +231,23 @@ def test_grouped_cache_follows_beams_reordered_within_sentences_and_sentences_le
     with torch.no_grad():
         memory = model.encode(src, sentence_lang)
     mask = src != PAD_ID
-    rows = torch.arange(3).repeat_interleave(group)  # the sentence of each row
+    rows = torch.arange(3).repeat_interleave(first_width)  # the sentence of each row
     history = torch.full((len(rows), 1), BOS_ID)
     cache = model.new_cache(group)
     for t in range(steps):
+        width = len(rows) // len(memory)
         lang = sentence_lang[rows]
         with torch.no_grad():
             step = model.decode(history[:, -1:], torch.full((len(rows), 1), t), lang, memory, mask, cache)
             full = model.decode(history, torch.arange(t + 1).expand_as(history), lang, memory[rows], mask[rows])
         torch.testing.assert_close(step[:, 0], full[:, -1], atol=ATOL, rtol=0)
         keep = torch.arange(len(memory)) if t != 20 else torch.tensor([0, 2])  # sentence 1 leaves at step 20
-        beams = torch.randint(0, group, (len(keep), group), generator=gen)
-        parents = (keep[:, None] * group + beams).flatten()
+        beams = torch.randint(0, width, (len(keep), group), generator=gen)
+        parents = (keep[:, None] * width + beams).flatten()
         cache.reorder(parents, keep if t == 20 else None)
         if t == 20:
             memory, mask, sentence_lang = memory[keep], mask[keep], sentence_lang[keep]
-            rows = torch.arange(len(keep)).repeat_interleave(group)
+        rows = torch.arange(len(keep)).repeat_interleave(group)
         new = torch.randint(NUM_SPECIAL, VOCAB, (len(parents), 1), generator=gen)
         history = torch.cat([history[parents], new], dim=1)
     assert cache.steps == steps and cache.layers[0]["self_k"].size(1) >= steps * group > 32 * group

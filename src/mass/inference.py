@@ -29,18 +29,20 @@ def make_decode_step(
     Args:
         memory: (N, S, D) encoder states, one row per sentence.
         memory_mask: (N, S) bool.
-        tgt_lang: (N * group,) target language ids, one per search row.
-        group: search rows per sentence (the beam size): row r decodes sentence r // group. The search may
-            reorder rows within a sentence and drop whole sentences; the encoder keys/values are then
-            kept once per sentence and reordered only when sentences leave.
+        tgt_lang: (N,) target language ids, one per sentence.
+        group: search rows per sentence (the beam size) after the first call, which decodes one row per
+            sentence: row r decodes sentence r // group. The search may reorder rows within a sentence and
+            drop whole sentences; the encoder keys/values are kept once per sentence and reordered only when
+            sentences leave.
     """
     state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(group)}
 
     def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
         # Rows kept in place (greedy, nothing finished) need no reordering of the cache.
         if parents is not None and not (len(parents) == len(state["lang"]) and bool((parents == state["rows"]).all())):
-            dropped = len(parents) != len(state["lang"])
-            sentences = parents[::group] // group if dropped or group == 1 else None
+            before = len(state["mask"])  # sentences at the previous call
+            width = len(state["lang"]) // before  # its rows per sentence: 1 at the first call, then group
+            sentences = parents[::group] // width if group == 1 or len(parents) != group * before else None
             state["cache"].reorder(parents, sentences)
             if sentences is not None:
                 state["mask"] = state["mask"].index_select(0, sentences)
@@ -158,9 +160,7 @@ class Generator:
                 sampling=sampling,
             )
             return [outs[i : i + draws] for i in range(0, rows, draws)]
-        step = make_decode_step(
-            self.model, memory, mask, torch.full((batch * beam,), tgt_id, device=self.device), group=beam
-        )
+        step = make_decode_step(self.model, memory, mask, torch.full((batch,), tgt_id, device=self.device), group=beam)
         found = beam_search(
             step,
             batch,

@@ -79,7 +79,9 @@ class DecoderCache:
     """Incremental decoding state: `MassModel.decode` with a cache decodes one step per call.
 
     A search decodes `group` consecutive rows per sentence (its beams) and between steps may reorder rows
-    within their sentence or drop whole sentences (`reorder`). Keys and values are kept once per sentence:
+    within their sentence or drop whole sentences (`reorder`). The first step may decode one row per sentence
+    instead (a beam search's beams all start from BOS): its keys and values fill the sentence's `group` slots
+    of that step, and the beams it spreads into continue from them. Keys and values are kept once per sentence:
     the encoder's ("cross_k"/"cross_v", (N, H, S, D/H)) and the decoder's own ("self_k"/"self_v", a
     (N, capacity, H, D/H) buffer whose slot t * group + b holds step t of beam b). Self-attention slots are
     never moved when beams are reordered: `visible` marks which slots make up each row's history, and the
@@ -92,15 +94,18 @@ class DecoderCache:
     layers: list[LayerCache] = field(default_factory=list)
     visible: Tensor | None = None  # (rows, steps * group) bool; None for group 1, where every slot is the row's
 
-    def begin_step(self, rows: int, device: torch.device) -> Tensor | None:
-        """The self-attention mask (N, 1, group, slots) of the step about to run; None for group 1."""
+    def begin_step(self, rows: int, sentences: int, device: torch.device) -> Tensor | None:
+        """The self-attention mask (sentences, 1, rows per sentence, slots) of the step about to run; None
+        for group 1."""
         if self.group == 1:
             return None
-        if rows % self.group:
-            raise ValueError(f"{rows} decoder rows are not groups of {self.group}")
-        own = torch.eye(self.group, dtype=torch.bool, device=device).repeat(rows // self.group, 1)
+        width = rows // sentences
+        if width * sentences != rows or width not in ((1, self.group) if self.steps == 0 else (self.group,)):
+            raise ValueError(f"step {self.steps}: {rows} rows for {sentences} sentences in groups of {self.group}")
+        # Row b of a sentence sees slot b of this step (a lone first-step row sees slot 0).
+        own = torch.eye(width, self.group, dtype=torch.bool, device=device).repeat(sentences, 1)
         self.visible = own if self.visible is None else torch.cat([self.visible, own], dim=1)
-        return self.visible.view(rows // self.group, 1, self.group, -1)
+        return self.visible.view(sentences, 1, width, -1)
 
     def reorder(self, rows: Tensor, sentences: Tensor | None) -> None:
         """Continue each new row from old row `rows[i]`.
@@ -151,9 +156,11 @@ class Attention(nn.Module):
         """Self-attention of one decoding step (B, 1, D): store its keys/values at `slot` of the layer's
         per-sentence buffers, then attend over the sentence's slots so far, restricted by `mask`."""
         rows, _, dim = query.shape
-        shape = (rows // group, group, self.num_heads, dim // self.num_heads)
-        k = _store(layer, "self_k", self.k_proj(query).view(shape), slot)
-        v = _store(layer, "self_v", self.v_proj(query).view(shape), slot)
+        sentences = rows if mask is None else mask.size(0)
+        shape = (sentences, rows // sentences, self.num_heads, dim // self.num_heads)
+        # expand: a first step of one row per sentence fills all `group` slots (none is left uninitialised).
+        k = _store(layer, "self_k", self.k_proj(query).view(shape).expand(-1, group, -1, -1), slot)
+        v = _store(layer, "self_v", self.v_proj(query).view(shape).expand(-1, group, -1, -1), slot)
         return self._attend(self._heads(self.q_proj(query)), k, v, mask, False)
 
     def cached_cross(self, query: Tensor, memory: Tensor | None, mask: Tensor, layer: LayerCache) -> Tensor:
@@ -176,6 +183,13 @@ class Attention(nn.Module):
         if sentences != rows:
             out = out.view(sentences, heads, rows // sentences, length, head_dim).transpose(1, 2)
         return self.out_proj(out.reshape(rows, heads, length, head_dim).transpose(1, 2).reshape(rows, length, -1))
+
+
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A bool attention mask (True = attend) as 0 / -inf to add to the scores."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 def _store(layer: LayerCache, name: str, new: Tensor, slot: int) -> Tensor:
@@ -363,7 +377,9 @@ class MassModel(nn.Module):
         else:
             if tokens.size(1) != 1:
                 raise ValueError(f"a cache decodes one step per call, not {tokens.size(1)}")
-            self_mask = cache.begin_step(tokens.size(0), tokens.device)
+            self_mask = cache.begin_step(tokens.size(0), memory_mask.size(0), tokens.device)
+            # As additive masks, made once for all layers (SDPA would turn bool masks into these in each).
+            mask, self_mask = (_additive(m, x.dtype) for m in (mask, self_mask))
             for i, layer in enumerate(self.decoder_layers):
                 x = layer(x, memory, mask, cache, i, self_mask)
             cache.steps += 1
