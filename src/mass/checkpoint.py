@@ -28,6 +28,10 @@ from safetensors.torch import load_file, save_file
 from mass.data.binarize import umask
 from mass.errors import MassError
 
+# Model settings that shape training, not the weights: a run may change them when it resumes, and checkpoints
+# that differ only in them hold the same architecture.
+TRAINING_ONLY_MODEL_KEYS = ("dropout", "attention_dropout")
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file via a temporary file and `os.replace`."""
@@ -223,9 +227,9 @@ def average_checkpoints(checkpoints: list[Path], out: Path) -> Path:
         raise MassError("exists and is not an earlier average: refusing to replace it; choose another --out", out)
     first = sources[0]
 
-    def architecture(ckpt: Path) -> dict:  # dropout may change when a run resumes; the weights' shapes do not
+    def architecture(ckpt: Path) -> dict:
         saved = dict(read_checkpoint_config(ckpt).get("model") or {})
-        return {k: v for k, v in saved.items() if k not in ("dropout", "attention_dropout")}
+        return {k: v for k, v in saved.items() if k not in TRAINING_ONLY_MODEL_KEYS}
 
     model_cfg = architecture(first)
     tokenizer = (first / "spm.model").read_bytes() if (first / "spm.model").is_file() else None

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mass import distributed
 from mass.batch import Batch
 from mass.checkpoint import (
+    TRAINING_ONLY_MODEL_KEYS,
     atomic_write_text,
     best_checkpoint,
     latest_checkpoint,
@@ -325,7 +326,7 @@ def _logged_step(line: str) -> float:
 _FIXED_AT_START = ("data.langs", "data.corpus", "data.train_split", "objectives", "model", "mask", "noise")
 _FIXED_AT_START += tuple(f"data.{k}" for k in ("first_n", "min_len", "max_len", "max_tokens")) + ("train.seed",)
 _FIXED_AT_START += tuple(f"optim.{k}" for k in ("lr", "betas", "eps", "weight_decay", "warmup_steps"))
-_FREE_MODEL_KEYS = ("model.dropout", "model.attention_dropout")
+_FREE_MODEL_KEYS = tuple(f"model.{k}" for k in TRAINING_ONLY_MODEL_KEYS)
 
 
 def check_resume(saved: dict, cfg: Config, ckpt: Path, tokenizer: Path) -> None:
