@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import mass.generate
-from mass.generate import Hypothesis, Sampling, _topk, beam_search, greedy_search
+from mass.generate import Hypothesis, Sampling, _argmax, _topk, beam_search, greedy_search
 
 INF = float("inf")
 PAD, BOS, EOS, A, B, C, D = range(7)
@@ -224,6 +224,23 @@ def test_chunked_topk_equals_torch_topk_with_ties_and_minus_inf(chunk):
         assert torch.equal(values, x.topk(k, dim=1).values)
         assert torch.equal(x.gather(1, index), values)  # the indices point at those values
         assert all(len(set(row)) == k for row in index.tolist())  # each column taken once
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 128])
+def test_chunked_argmax_equals_torch_argmax_with_ties_nan_and_minus_inf(chunk):
+    gen = torch.Generator().manual_seed(chunk)
+    for trial in range(300):
+        rows, length = int(torch.randint(1, 6, (1,))), int(torch.randint(1, 3000, (1,)))
+        x = torch.randn(rows, length, generator=gen)
+        if trial % 3 == 0:
+            x = (x * 2).round()  # many ties, often between chunks and with the tail
+        if trial % 4 == 0:
+            x[x < 1] = -INF
+        if trial % 5 == 0:
+            x[0] = -INF  # a row with nothing allowed: index 0, as argmax
+        if trial % 7 == 0:
+            x[-1, int(torch.randint(0, length, (1,)))] = float("nan")  # argmax takes NaN as the maximum
+        assert torch.equal(_argmax(x, chunk=chunk), x.argmax(dim=1))
 
 
 def test_beam_search_over_a_large_vocabulary_equals_plain_topk(monkeypatch):

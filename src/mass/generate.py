@@ -266,7 +266,7 @@ def greedy_search(
         stuck = torch.isneginf(log_probs.amax(dim=1)) if needs_masks else None
         if stuck is not None and bool(stuck.any()):
             log_probs[stuck, eos_id] = 0.0
-        next_tokens = log_probs.argmax(dim=1) if sampling is None else sampling.draw(log_probs)
+        next_tokens = _argmax(log_probs) if sampling is None else sampling.draw(log_probs)
         ended = next_tokens == eos_id
         done = ended | (step + 1 >= limits)
         history = torch.cat([history, next_tokens.unsqueeze(1)], dim=1)
@@ -363,6 +363,32 @@ def _topk(x: torch.Tensor, k: int, chunk: int = 128) -> tuple[torch.Tensor, torc
     columns = torch.cat([columns, tail], dim=1)
     values, picked = x.gather(1, columns).topk(k, dim=1)
     return values, columns.gather(1, picked)
+
+
+def _argmax(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """``x.argmax(dim=1)`` for an (R, L) tensor, the same indices (ties go to the first), faster on CPU.
+
+    torch's CPU argmax is about 15x slower than ``amax`` over the same row (1 ms for 64 x 8000, 5% of a greedy
+    search). The first chunk of ``chunk`` columns whose maximum is the row's holds the first occurrence of
+    it, so one ``amax`` pass and an argmax within that chunk find it; the tail that fills no chunk wins only
+    with a strictly larger value, as it comes last.
+    """
+    rows, length = x.shape
+    num_chunks = length // chunk
+    if num_chunks < 2 or x.device.type != "cpu":
+        return x.argmax(dim=1)
+    x = x.contiguous()
+    maxima = x.as_strided((rows, num_chunks, chunk), (length, chunk, 1)).amax(dim=2)  # (R, C)
+    best = maxima.argmax(dim=1)  # (R,) first chunk holding the largest maximum
+    columns = best.unsqueeze(1) * chunk + torch.arange(chunk, device=x.device)
+    index = columns.gather(1, x.gather(1, columns).argmax(dim=1, keepdim=True)).squeeze(1)
+    end = num_chunks * chunk
+    if end < length:
+        tail_max, tail_index = x[:, end:].max(dim=1)
+        best_max = maxima.gather(1, best.unsqueeze(1)).squeeze(1)
+        wins = (tail_max > best_max) | (tail_max.isnan() & ~best_max.isnan())  # NaN counts as the largest
+        index = torch.where(wins, end + tail_index, index)
+    return index
 
 
 def _finalise(
