@@ -22,7 +22,12 @@ from mass.model import MassModel, ModelConfig
 
 
 def make_decode_step(
-    model: MassModel, memory: Tensor, memory_mask: Tensor, tgt_lang: Tensor, group: int = 1
+    model: MassModel,
+    memory: Tensor,
+    memory_mask: Tensor,
+    tgt_lang: Tensor,
+    group: int = 1,
+    banned: Tensor | None = None,
 ) -> DecodeStep:
     """A `decode_step` over a KV cache: encoder output is computed once, each call decodes one position.
 
@@ -34,7 +39,11 @@ def make_decode_step(
             sentence: row r decodes sentence r // group. The search may reorder rows within a sentence and
             drop whole sentences; the encoder keys/values are kept once per sentence and reordered only when
             sentences leave.
+        banned: (V,) bool, tokens never to generate besides PAD/BOS/MASK (back-translation's `restrict_vocab`).
     """
+    never = torch.tensor(NEVER_GENERATED, device=memory.device)
+    if banned is not None:
+        never = torch.cat([never, banned.to(memory.device).nonzero().flatten()])
     state = {"memory": memory, "mask": memory_mask, "lang": tgt_lang, "cache": model.new_cache(group)}
 
     def decode_step(tokens: Tensor, parents: Tensor | None) -> Tensor:
@@ -52,7 +61,7 @@ def make_decode_step(
         state["memory"] = None  # its keys and values are cached in every layer now
         state["rows"] = torch.arange(len(tokens), device=tokens.device)
         logp = torch.log_softmax(model.logits(hidden[:, -1]).float(), dim=-1)
-        logp[:, NEVER_GENERATED] = float("-inf")
+        logp[:, never] = float("-inf")
         return logp
 
     return decode_step

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mass.batch import Batch, pad_sequences, seq2seq_batch
 from mass.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from mass.generate import DecodeStep, greedy_search
+from mass.generate import greedy_search
 from mass.model import MassModel
 
 
@@ -90,9 +90,8 @@ def back_translate(
         sentences = [list(s[:limit]) for s in sentences]
         src = pad_sequences([s + [EOS_ID] for s in sentences]).to(device)
         memory = model.encode(src, torch.full((len(sentences),), lang, device=device))
-        step = make_decode_step(model, memory, src != PAD_ID, torch.full((len(sentences),), via_lang, device=device))
-        if banned is not None:
-            step = _banning(step, banned.to(device))
+        via = torch.full((len(sentences),), via_lang, device=device)
+        step = make_decode_step(model, memory, src != PAD_ID, via, banned=banned)
         max_len = [min(int(max_len_a * len(s) + max_len_b), limit) for s in sentences]
         translations = greedy_search(
             step, len(sentences), bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len, min_len=1, device=device
@@ -100,12 +99,3 @@ def back_translate(
     finally:
         model.train(was_training)
     return seq2seq_batch([h.tokens for h in translations], sentences, via_lang, lang)
-
-
-def _banning(decode_step: DecodeStep, banned: Tensor) -> DecodeStep:
-    """`decode_step` with the `banned` subwords' log-probs set to -inf."""
-
-    def step(tokens: Tensor, parents: Tensor | None) -> Tensor:
-        return decode_step(tokens, parents).masked_fill_(banned, float("-inf"))
-
-    return step
