@@ -1,8 +1,9 @@
 """How much of an unsupervised model's output is copied from the other language.
 
 For each `mass evaluate` output of a run (`RUN/eval/mt-SRC-TGT-*.hyp.txt`), the share of its subwords (the
-output re-tokenized with the run's tokenizer) that never occur in the target language's monolingual
-training text (the `unsup` split): words carried over from the source instead of translated.
+output re-tokenized with the run's tokenizer) that never occur in the target language's training text
+(the run's `data.train_split`, `unsup` for unsupervised runs): words carried over from the source instead
+of translated.
 
 Usage: python scripts/copied_pieces.py RUN [RUN ...]
 """
@@ -25,11 +26,11 @@ def main(runs: list[str]) -> None:
         cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
         data = checkpoint_data(ckpt, cfg)
         tokenizer = data.tokenizer()
+        seen = {lang: data.array(cfg.data.train_split, lang).token_counts(data.vocab_size) > 0 for lang in data.langs}
         for hyp in sorted((Path(run) / "eval").glob("mt-*-*.hyp.txt")):
             src, tgt = hyp.name.split("-")[1:3]
-            seen = data.array("unsup", tgt).token_counts(data.vocab_size) > 0
             pieces = [i for line in hyp.read_text().splitlines() for i in tokenizer.encode(line)]
-            unseen = sum(not seen[i] for i in pieces)
+            unseen = sum(not seen[tgt][i] for i in pieces)
             print(f"| {run} | {src}→{tgt} | {len(pieces)} | {100 * unseen / max(len(pieces), 1):.1f}% |")
 
 

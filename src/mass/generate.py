@@ -356,13 +356,20 @@ def _topk(x: torch.Tensor, k: int, chunk: int = 128) -> tuple[torch.Tensor, torc
     num_chunks = length // chunk
     if num_chunks <= 4 * k or x.device.type != "cpu":
         return x.topk(k, dim=1)
-    maxima = x.as_strided((rows, num_chunks, chunk), (length, chunk, 1)).amax(dim=2)
+    maxima = _chunk_maxima(x, chunk)
     starts = maxima.topk(k, dim=1).indices * chunk  # (R, k) first column of each chunk kept
     columns = (starts.unsqueeze(2) + torch.arange(chunk, device=x.device)).flatten(1)
     tail = torch.arange(num_chunks * chunk, length, device=x.device).expand(rows, -1)
     columns = torch.cat([columns, tail], dim=1)
     values, picked = x.gather(1, columns).topk(k, dim=1)
     return values, columns.gather(1, picked)
+
+
+def _chunk_maxima(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(R, C) maximum of each whole chunk of ``chunk`` columns of a contiguous (R, L) tensor; the tail of
+    ``L % chunk`` columns is left out."""
+    rows, length = x.shape
+    return x.as_strided((rows, length // chunk, chunk), (length, chunk, 1)).amax(dim=2)
 
 
 def _argmax(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
@@ -378,7 +385,7 @@ def _argmax(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     if num_chunks < 2 or x.device.type != "cpu":
         return x.argmax(dim=1)
     x = x.contiguous()
-    maxima = x.as_strided((rows, num_chunks, chunk), (length, chunk, 1)).amax(dim=2)  # (R, C)
+    maxima = _chunk_maxima(x, chunk)
     best = maxima.argmax(dim=1)  # (R,) first chunk holding the largest maximum
     columns = best.unsqueeze(1) * chunk + torch.arange(chunk, device=x.device)
     index = columns.gather(1, x.gather(1, columns).argmax(dim=1, keepdim=True)).squeeze(1)
