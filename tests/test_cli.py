@@ -507,6 +507,9 @@ def test_evaluate_bad_requests_are_one_line_errors(finetuned, tmp_path, capsys):
         assert f"--beam, --min-len: --task {task} decodes nothing" in one_line_error(capsys, "evaluate")
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref)]) == 1
     assert f"{src}:2: line has" in one_line_error(capsys, "evaluate")  # not silently cut to the model's length
+    for task in ("mt", "mass"):
+        assert main(["evaluate", str(finetuned), "--task", task, "--src", "de", "--tgt", "en"]) == 1
+        assert "language 'de' is not in the model (its languages: en, fr)" in one_line_error(capsys, "evaluate")
     assert main(["evaluate", str(finetuned), "--input", str(src), "--reference", str(ref), "--limit", "1"]) == 0
     result = json.loads((finetuned / "eval" / "mt-fr-en-input-in.fr-first1.json").read_text(encoding="utf-8"))
     assert result["input"] == str(src) and result["reference"] == str(ref) and "split" not in result

@@ -62,10 +62,11 @@ def mass_perplexity(ckpt: Path, lang: str, split: str, device: str, limit: int =
     on the first `data.valid_sentences` of the validation split it is the training log's validation value."""
     cfg = from_dict(Config, read_checkpoint_config(ckpt), "checkpoint config")
     generator = load_generator(ckpt, device)
+    lang_id = generator.lang_id(lang)  # before looking for its data: the model's languages are the question
     data = checkpoint_data(ckpt, cfg)
     array = data.array(split, lang)
     examples = kept_examples(array.lengths, 1, max_len(cfg), limit=limit)  # the sentences training validates on
-    collate = mass_collate(array, generator.lang_id(lang), cfg.mask, data.vocab_size)
+    collate = mass_collate(array, lang_id, cfg.mask, data.vocab_size)
     batches = fixed_batches(array.lengths, examples, cfg.data.max_tokens, VALID_SEED, collate)
     stats = evaluate_loss(generator.model, batches, generator.device)
     return {"mass_ppl": perplexity(stats["nll"], stats["tokens"]), "sentences": len(examples)}
@@ -106,6 +107,7 @@ def evaluate_checkpoint(
         task = get_task("mt" if task_name == "align" else task_name)
         gen_cfg = gen_cfg or task.generate
         generator = load_generator(ckpt, device)
+        generator.lang_id(src), generator.lang_id(tgt)  # a language the model lacks: say so, not that data lacks it
         if input_path is not None:
             if reference_path is None:
                 raise MassError("--reference is required with --input")
