@@ -107,7 +107,8 @@ def evaluate_checkpoint(
         task = get_task("mt" if task_name == "align" else task_name)
         gen_cfg = gen_cfg or task.generate
         generator = load_generator(ckpt, device)
-        generator.lang_id(src), generator.lang_id(tgt)  # a language the model lacks: say so, not that data lacks it
+        for lang in (src, tgt):  # a language the model lacks: say so, not that the data lacks it
+            generator.lang_id(lang)
         if input_path is not None:
             if reference_path is None:
                 raise MassError("--reference is required with --input")
